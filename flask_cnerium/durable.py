@@ -1,0 +1,281 @@
+"""Durable POST routes: ``durable_post``'s view, DurableRequest, DurableResponse, fingerprints."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode
+
+from flask import Request, Response, current_app, request
+from werkzeug.datastructures import Headers
+
+from . import signals
+from .errors import (
+    IdempotencyKeyInvalid,
+    IdempotencyKeyMissing,
+    IdempotencyKeyReused,
+    InvalidBody,
+    ProblemError,
+    RequestInProgress,
+    StoreError,
+    StoreUnavailable,
+    StreamedResponseError,
+)
+from .problems import PROBLEM_MEDIA_TYPE, problem_body
+from .realtime import holding_events
+from .store import Fingerprint, Outcome, StoredResponse, Verdict
+
+if TYPE_CHECKING:
+    from .extension import Cnerium, CneriumState
+
+log = logging.getLogger("flask_cnerium")
+
+REPLAY_HEADER = "Idempotent-Replayed"
+RETRY_AFTER = 1
+"""Seconds a client is told to wait after a 409 in-progress or a 503."""
+
+
+class DurableRequest:
+    """What a durable handler sees of its request."""
+
+    def __init__(self, flask_request: Request, key: str, operation: str,
+                 view_args: Mapping[str, Any]) -> None:
+        self.flask_request = flask_request
+        self.idempotency_key = key
+        self.operation = operation
+        self.view_args = dict(view_args)
+        self._json: dict | None = None
+
+    @property
+    def body(self) -> bytes:
+        """The raw request body."""
+        return self.flask_request.get_data(cache=True)
+
+    @property
+    def headers(self) -> Headers:
+        """The request headers."""
+        return self.flask_request.headers
+
+    def idempotency_key_value(self) -> str:
+        """The idempotency key (unquoted when it was sent as an RFC 8941 string)."""
+        return self.idempotency_key
+
+    def json(self) -> dict[str, Any]:
+        """The body as a JSON object; anything else raises a 400 ``invalid-body`` problem."""
+        if self._json is None:
+            try:
+                value = json.loads(self.body)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InvalidBody(f"The request body is not valid JSON: {exc}.") from None
+            if not isinstance(value, dict):
+                raise InvalidBody("The request body must be a JSON object, not %s."
+                                  % type(value).__name__)
+            self._json = value
+        return self._json
+
+
+class DurableResponse:
+    """A durable handler's response: status, body (JSON-able, str or bytes) and headers."""
+
+    def __init__(self, status: int, body: Any = None, headers: Mapping[str, str] | None = None,
+                 *, media_type: str | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = dict(headers or {})
+        self.media_type = media_type
+
+    def to_response(self) -> Response:
+        """The Flask response this stands for."""
+        body = self.body
+        if isinstance(body, str | bytes):
+            media = "text/plain" if isinstance(body, str) else "application/octet-stream"
+            response = Response(body, mimetype=self.media_type or media)
+        elif body is None:
+            response = Response(b"", mimetype=self.media_type)
+        else:
+            response = current_app.json.response(body)
+            if self.media_type:
+                response.mimetype = self.media_type
+        response.status_code = self.status
+        response.headers.update(self.headers)
+        return response
+
+    @classmethod
+    def ok(cls, body: Any) -> DurableResponse:
+        """200 OK."""
+        return cls(200, body)
+
+    @classmethod
+    def created(cls, body: Any) -> DurableResponse:
+        """201 Created."""
+        return cls(201, body)
+
+    @classmethod
+    def accepted(cls, body: Any) -> DurableResponse:
+        """202 Accepted."""
+        return cls(202, body)
+
+    @classmethod
+    def problem(cls, status: int, detail: str, type: str = "about:blank") -> DurableResponse:
+        """An RFC 9457 problem response, stored and replayed like any other."""
+        return cls(status, problem_body(status, detail, type), media_type=PROBLEM_MEDIA_TYPE)
+
+    @classmethod
+    def bad_request(cls, detail: str) -> DurableResponse:
+        """400 Bad Request as a problem document."""
+        return cls.problem(400, detail)
+
+    @classmethod
+    def not_found(cls, detail: str) -> DurableResponse:
+        """404 Not Found as a problem document."""
+        return cls.problem(404, detail)
+
+    @classmethod
+    def conflict(cls, detail: str) -> DurableResponse:
+        """409 Conflict as a problem document."""
+        return cls.problem(409, detail)
+
+    @classmethod
+    def unprocessable(cls, detail: str) -> DurableResponse:
+        """422 Unprocessable Content as a problem document."""
+        return cls.problem(422, detail)
+
+
+def created(body: Any) -> DurableResponse:
+    """201 Created: the seed's ``cnerium::created``."""
+    return DurableResponse.created(body)
+
+
+def parse_key(value: str | None, max_length: int) -> str:
+    """The idempotency key from its header value, or a 400 problem saying what is wrong."""
+    if value is None:
+        raise IdempotencyKeyMissing("Send an idempotency key header with every request to "
+                                    "this route, e.g. a UUID generated by the client.")
+    key = value.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = _unquote_sf_string(key[1:-1])
+    if not key:
+        raise IdempotencyKeyInvalid("The idempotency key is empty.")
+    if len(key) > max_length:
+        raise IdempotencyKeyInvalid(f"The idempotency key is longer than {max_length} "
+                                    "characters.")
+    if not all("!" <= c <= "~" for c in key):
+        raise IdempotencyKeyInvalid("The idempotency key must be visible ASCII characters "
+                                    "(no spaces or control characters).")
+    return key
+
+
+def _unquote_sf_string(inner: str) -> str:
+    """RFC 8941 string content: ``\\"`` and ``\\\\`` are the only escapes."""
+    out, chars = [], iter(inner)
+    for c in chars:
+        if c == "\\":
+            c = next(chars, "")
+            if c not in ('"', "\\"):
+                raise IdempotencyKeyInvalid("The quoted idempotency key has a bad escape.")
+        elif c == '"':
+            raise IdempotencyKeyInvalid("The quoted idempotency key has an unescaped quote.")
+        out.append(c)
+    return "".join(out)
+
+
+def fingerprint(operation: str, req: Request) -> Fingerprint:
+    """Hash what makes two requests the same: operation, method, path, media type, body."""
+    target = req.path + ("?" + req.query_string.decode("latin-1") if req.query_string else "")
+    head = f"{operation}\n{req.method}\n{target}\n{req.mimetype}\n".encode()
+    body = req.get_data(cache=True)
+    raw = hashlib.sha256(head + body).hexdigest()
+    return Fingerprint(raw, lambda: hashlib.sha256(
+        head + canonical_body(req.mimetype, body)).hexdigest())
+
+
+def canonical_body(media_type: str, body: bytes) -> bytes:
+    """JSON as sorted compact JSON, forms as sorted fields, anything else as its bytes."""
+    try:
+        if media_type == "application/json" or media_type.endswith("+json"):
+            return json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"),
+                              ensure_ascii=False).encode()
+        if media_type == "application/x-www-form-urlencoded":
+            return urlencode(sorted(parse_qsl(body.decode(), keep_blank_values=True))).encode()
+    except ValueError:
+        pass
+    return body
+
+
+def to_stored(rv: Any) -> StoredResponse:
+    """Turn whatever the handler returned into status, headers and body bytes."""
+    response = rv.to_response() if isinstance(rv, DurableResponse) else \
+        current_app.make_response(rv)
+    if response.is_streamed:
+        raise StreamedResponseError(
+            "A durable handler returned a streamed response, which cannot be stored and "
+            "replayed. Return the whole body (a dict, str, bytes or DurableResponse).")
+    headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
+    return StoredResponse(response.status_code, headers, response.get_data())
+
+
+def from_stored(stored: StoredResponse, replayed: bool) -> Response:
+    """A Flask response carrying a stored response, byte for byte."""
+    response = Response(stored.body, status=stored.status, headers=stored.headers)
+    if replayed:
+        response.headers[REPLAY_HEADER] = "true"
+    return response
+
+
+def make_view(cnerium: Cnerium, operation: str, handler: Callable[..., Any]) -> Callable:
+    """The Flask view that wraps ``handler`` in the idempotency protocol."""
+
+    @functools.wraps(handler)
+    def view(**view_args: Any) -> Response:
+        app = current_app._get_current_object()
+        state: CneriumState = app.extensions["cnerium"]
+        try:
+            return _handle(app, state, cnerium, operation, handler, view_args)
+        except ProblemError as exc:
+            if isinstance(exc, IdempotencyKeyMissing | IdempotencyKeyInvalid | StoreUnavailable):
+                signals.durable_rejected.send(app, operation=operation, reason=exc.slug)
+            raise
+
+    return view
+
+
+def _handle(app, state, cnerium, operation, handler, view_args) -> Response:
+    settings = state.ensure_started(app)
+    key = parse_key(request.headers.get(settings.idempotency_header), settings.key_max_length)
+    scope = cnerium.current_scope()
+    durable_request = DurableRequest(request._get_current_object(), key, operation, view_args)
+    held: list = []
+
+    def run() -> StoredResponse:
+        with holding_events(held):
+            return to_stored(handler(durable_request, **view_args))
+
+    try:
+        outcome = state.store.execute(scope, key, operation, fingerprint(operation, request),
+                                      run, lambda: state.publish_held(app, held, scope, key))
+    except StoreError as exc:
+        log.warning("Idempotency store unavailable: %s", exc)
+        raise StoreUnavailable("The idempotency store is unavailable; retry later.",
+                               retry_after=RETRY_AFTER) from None
+    return _answer(app, settings, operation, scope, key, outcome)
+
+
+def _answer(app, settings, operation: str, scope: str, key: str, outcome: Outcome) -> Response:
+    verdict = outcome.verdict
+    details = {"operation": operation, "key": key, "scope": scope}
+    if verdict is Verdict.MISMATCH:
+        signals.durable_conflict.send(app, reason=verdict.value, **details)
+        raise IdempotencyKeyReused(
+            "This idempotency key was already used with another request (body, operation or "
+            "path). Use a new key for a new request.", status=settings.mismatch_status)
+    if verdict is Verdict.IN_PROGRESS:
+        signals.durable_conflict.send(app, reason=verdict.value, **details)
+        raise RequestInProgress("A request with this idempotency key is still being handled; "
+                                "retry after it completes.", retry_after=RETRY_AFTER)
+    sent = signals.durable_replayed if verdict is Verdict.REPLAYED else signals.durable_executed
+    sent.send(app, status=outcome.response.status, **details)
+    return from_stored(outcome.response, replayed=verdict is Verdict.REPLAYED)

@@ -1,0 +1,94 @@
+"""Exception classes raised or answered by flask-cnerium.
+
+HTTP errors subclass werkzeug's, so Flask answers them on its own; their response is an
+RFC 9457 problem document whose ``type`` ends with the slug named on the class.
+"""
+
+from __future__ import annotations
+
+from werkzeug import exceptions
+
+from .problems import problem_response, problem_type
+
+
+class CneriumError(Exception):
+    """Base class of every error raised by flask-cnerium."""
+
+
+class StoreError(CneriumError):
+    """The idempotency store could not be opened or used."""
+
+
+class StreamedResponseError(CneriumError, TypeError):
+    """A durable handler returned a streamed response, which cannot be stored and replayed."""
+
+
+class LeaseLostError(CneriumError):
+    """A claim was taken over by another worker before its handler finished."""
+
+
+class ProblemError(exceptions.HTTPException):
+    """An HTTP error answered as ``application/problem+json``."""
+
+    slug = "about:blank"
+    title: str | None = None
+
+    def __init__(self, detail: str, *, status: int | None = None,
+                 retry_after: int | None = None) -> None:
+        super().__init__(description=detail)
+        if status is not None:
+            self.code = status
+        self.retry_after = retry_after
+
+    def get_response(self, environ=None, scope=None):  # noqa: D102 - werkzeug hook
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
+        return problem_response(self.code, self.description, problem_type(self.slug),
+                                self.title, headers)
+
+
+class IdempotencyKeyMissing(ProblemError):
+    """The request carried no idempotency key."""
+
+    code = 400
+    slug = "idempotency-key-missing"
+    title = "Idempotency key missing"
+
+
+class IdempotencyKeyInvalid(ProblemError):
+    """The idempotency key is empty, too long, or not visible ASCII."""
+
+    code = 400
+    slug = "idempotency-key-invalid"
+    title = "Idempotency key invalid"
+
+
+class IdempotencyKeyReused(ProblemError):
+    """The key was already used with another request (body, operation or path)."""
+
+    code = 409
+    slug = "idempotency-key-reused"
+    title = "Idempotency key reused"
+
+
+class RequestInProgress(ProblemError):
+    """A request with the same key is still being handled."""
+
+    code = 409
+    slug = "request-in-progress"
+    title = "Request in progress"
+
+
+class StoreUnavailable(ProblemError):
+    """The idempotency store is unreachable or stayed locked past its timeout."""
+
+    code = 503
+    slug = "store-unavailable"
+    title = "Store unavailable"
+
+
+class InvalidBody(ProblemError):
+    """The request body is not what the handler asked for (e.g. not a JSON object)."""
+
+    code = 400
+    slug = "invalid-body"
+    title = "Invalid request body"

@@ -1,0 +1,156 @@
+"""The ``Cnerium`` extension: ``init_app``, ``start``, per-app state and route wiring."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import peewee
+from flask import Flask, current_app, has_app_context
+
+from .config import DEFAULTS, AppConfig, Settings
+from .durable import make_view
+from .errors import StoreError
+from .store import Store, open_database
+
+log = logging.getLogger("flask_cnerium")
+
+
+class CneriumState:
+    """Everything Cnerium keeps for one app, under ``app.extensions["cnerium"]``."""
+
+    def __init__(self, extension: Cnerium, database: peewee.Database | None) -> None:
+        self.extension = extension
+        self.database = database
+        self.settings: Settings | None = None
+        self.store: Store | None = None
+        self.realtime: Any = None
+        self._lock = threading.Lock()
+
+    def start(self, app: Flask) -> bool:
+        """Open the store (creating its table) and start realtime; ``False`` if storage fails."""
+        with self._lock:
+            if self.store is not None:
+                return True
+            settings = Settings.from_app(app)
+            try:
+                store = self._open_store(settings)
+                store.create_tables()
+            except StoreError as exc:
+                log.error("Cnerium could not open its store %s: %s",
+                          "(shared database)" if self.database else settings.database_url, exc)
+                return False
+            self.settings, self.store = settings, store
+            log.info("Cnerium started for %s (node %s).", settings.name, settings.node_id)
+            return True
+
+    def _open_store(self, settings: Settings) -> Store:
+        shared = self.database is not None
+        database = self.database if shared else open_database(settings.database_url)
+        return Store(database, shared=shared, node_id=settings.node_id,
+                     ttl=settings.key_ttl, lock_timeout=settings.lock_timeout,
+                     in_flight_wait=settings.in_flight_wait)
+
+    def ensure_started(self, app: Flask) -> Settings:
+        """The settings, starting Cnerium first if nothing has yet; 503 when storage fails."""
+        if self.store is None and not self.start(app):
+            raise StoreError("The store could not be opened.")
+        return self.settings
+
+    def publish_held(self, app: Flask, held: list, scope: str, key: str) -> None:
+        """Publish the events a durable handler emitted, now that its response is stored."""
+        if held and self.realtime is not None:
+            self.realtime.publish_held(app, held, scope, key)
+
+
+class Cnerium:
+    """Durable, retry-safe POST routes and realtime events for a Flask app.
+
+    ``Cnerium(app)`` or ``Cnerium()`` then ``init_app(app)``. Pass ``database=`` (a peewee
+    ``Database``) to keep the idempotency records in the app's own database, so that a
+    handler's writes and its stored response commit together.
+    """
+
+    def __init__(self, app: Flask | None = None, config: AppConfig | None = None, *,
+                 database: peewee.Database | None = None) -> None:
+        self._config = config
+        self._database = database
+        self._routes: list[tuple[str, str, Callable, dict]] = []
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        self._scope_function: Callable[[], Any] | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, config: AppConfig | None = None, *,
+                 database: peewee.Database | None = None) -> None:
+        """Register Cnerium on ``app``: config defaults, state and the durable routes."""
+        if "cnerium" in app.extensions:
+            raise RuntimeError("A 'Cnerium' instance is already registered on this Flask app. "
+                               "Import and use that instance instead of creating another.")
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, value)
+        config = config or self._config
+        if config is not None:
+            config.apply(app.config)
+        app.extensions["cnerium"] = CneriumState(self, database or self._database)
+        self._apps.add(app)
+        for rule, operation, handler, options in self._routes:
+            self._add_route(app, rule, operation, handler, options)
+
+    def start(self) -> bool:
+        """Prepare storage and realtime for the current app (or every registered app).
+
+        Idempotent. Returns ``False``, and logs why, when storage cannot be opened.
+        """
+        return all(app.extensions["cnerium"].start(app) for app in self._target_apps())
+
+    def _target_apps(self) -> list[Flask]:
+        if has_app_context() and "cnerium" in current_app.extensions:
+            return [current_app._get_current_object()]
+        apps = list(self._apps)
+        if not apps:
+            raise RuntimeError("Cnerium is not registered on any app: call init_app(app) first.")
+        return apps
+
+    # -- durable routes ------------------------------------------------------------------
+
+    def durable_post(self, rule: str, operation: str, handler: Callable | None = None,
+                     **options: Any) -> Callable:
+        """Register ``handler`` as a durable POST route: it runs once per idempotency key.
+
+        Use as a decorator (``@cnerium.durable_post("/orders", "orders.create")``) or call
+        with the handler. URL variables reach the handler as keyword arguments after the
+        :class:`DurableRequest`. ``options`` go to ``app.add_url_rule``.
+        """
+        def register(function: Callable) -> Callable:
+            self._routes.append((rule, operation, function, options))
+            for app in self._apps:
+                self._add_route(app, rule, operation, function, options)
+            return function
+
+        return register if handler is None else register(handler)
+
+    def _add_route(self, app: Flask, rule: str, operation: str, handler: Callable,
+                   options: dict) -> None:
+        options = dict(options)
+        options.setdefault("endpoint", handler.__name__)
+        app.add_url_rule(rule, view_func=make_view(self, operation, handler), methods=["POST"],
+                         **options)
+
+    def key_scope(self, function: Callable[[], Any]) -> Callable[[], Any]:
+        """Register the function that returns the current request's key scope (e.g. user id).
+
+        Keys are looked up by ``(scope, key)``, so one scope never sees another's records.
+        """
+        self._scope_function = function
+        return function
+
+    def current_scope(self) -> str:
+        """The key scope of the current request: ``""`` (global) unless ``key_scope`` says."""
+        if self._scope_function is None:
+            return ""
+        scope = self._scope_function()
+        return "" if scope is None else str(scope)
