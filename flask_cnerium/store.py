@@ -79,6 +79,7 @@ def open_database(url: str) -> peewee.Database:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         return PooledSqliteDatabase(
             path, max_connections=64, stale_timeout=300, timeout=BUSY_TIMEOUT,
+            check_same_thread=False,  # pooled: a connection serves one thread at a time
             pragmas={"journal_mode": "wal", "synchronous": "normal"})
     if scheme in ("postgres", "postgresql"):
         params = db_url.parse(url)
