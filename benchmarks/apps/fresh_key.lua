@@ -1,0 +1,17 @@
+-- wrk script: POST /durable with a fresh Idempotency-Key on every request.
+local next_id = 0
+function setup(thread)
+  next_id = next_id + 1
+  thread:set("tid", next_id)
+end
+
+local counter = 0
+local run = tostring(os.time()) .. tostring(os.clock())
+wrk.method = "POST"
+wrk.body = '{"name": "bench"}'
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  counter = counter + 1
+  wrk.headers["Idempotency-Key"] = run .. "-" .. tostring(tid) .. "-" .. counter
+  return wrk.format(nil, "/durable")
+end
