@@ -40,7 +40,7 @@ class ProblemError(exceptions.HTTPException):
             self.code = status
         self.retry_after = retry_after
 
-    def get_response(self, environ=None, scope=None):  # noqa: D102 - werkzeug hook
+    def get_response(self, environ=None, scope=None):
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
         return problem_response(self.code, self.description, problem_type(self.slug),
                                 self.title, headers)

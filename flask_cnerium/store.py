@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -318,7 +319,8 @@ class Store:
         self._lock = WriterLock(self._lock_path()) if self.is_sqlite else NoWriterLock()
         self._cache = _ResponseCache()
         self._leases = _LeaseKeeper(self)
-        self._running: dict[tuple[str, str], int] = {}
+        self._running: Counter[tuple[str, str]] = Counter()
+        self._running_lock = threading.Lock()
         self._sql = self._prepare_sql(database.param)
 
     def _lock_path(self) -> str | None:
@@ -447,11 +449,10 @@ class Store:
 
     def _execute_shared(self, scope, key, operation, fingerprint, handler, on_commit):
         wait = self.in_flight_wait or BUSY_TIMEOUT
-        running = (scope, key)
-        self._running[running] = self._running.get(running, 0) + 1
-        try:
+        _ = fingerprint.canonical  # hashed before the lock: the less work under it the better
+        with self._counting(scope, key):
             if not self._lock.acquire(wait):
-                if self._running.get(running, 0) > 1:
+                if self._running[(scope, key)] > 1:
                     return Outcome(Verdict.IN_PROGRESS)
                 raise StoreError("The database stayed locked for %.1f s." % wait)
             try:
@@ -459,12 +460,19 @@ class Store:
                                                     handler, on_commit, wait)
             finally:
                 self._lock.release()
+
+    @contextmanager
+    def _counting(self, scope: str, key: str) -> Iterator[None]:
+        """Count this process's requests per key, so a lock wait can tell a twin from load."""
+        with self._running_lock:
+            self._running[(scope, key)] += 1
+        try:
+            yield
         finally:
-            left = self._running[running] - 1
-            if left:
-                self._running[running] = left
-            else:
-                del self._running[running]
+            with self._running_lock:
+                self._running[(scope, key)] -= 1
+                if not self._running[(scope, key)]:
+                    del self._running[(scope, key)]
 
     def _execute_in_transaction(self, scope, key, operation, fingerprint, handler, on_commit,
                                 wait):
