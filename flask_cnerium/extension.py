@@ -11,6 +11,7 @@ from typing import Any
 import peewee
 from flask import Flask, current_app, has_app_context
 
+from .client import register_client
 from .config import DEFAULTS, AppConfig, Settings
 from .durable import make_view
 from .errors import StoreError
@@ -97,6 +98,7 @@ class Cnerium:
             config.apply(app.config)
         app.extensions["cnerium"] = CneriumState(self, database or self._database)
         self._apps.add(app)
+        register_client(app)
         for rule, operation, handler, options in self._routes:
             self._add_route(app, rule, operation, handler, options)
 
