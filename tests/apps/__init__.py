@@ -1,0 +1,1 @@
+"""Flask apps used by the tests, importable by server subprocesses."""
