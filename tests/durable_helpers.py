@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -160,3 +161,14 @@ def records(app: Any) -> list[Any]:
     store = app.extensions["cnerium"].store
     with store.database.connection_context():
         return list(store.model.select().order_by(store.model.id))
+
+
+def record_run(request: Any, product: str = "x") -> int:
+    """Count one handler run in the app's database (inside the store's transaction when
+    the database is shared); the new order's id."""
+    from flask import current_app
+
+    order = current_app.extensions["test_orders"].create(
+        idempotency_key=request.idempotency_key_value(), product_id=product, quantity=1,
+        pid=os.getpid())
+    return order.id
