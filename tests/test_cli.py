@@ -16,10 +16,23 @@ from flask_cnerium import cli as cli_module
 from flask_cnerium.cli import cnerium_cli
 from flask_cnerium.store import Store
 
+_apps: list[Flask] = []
 
-def make_app(instance_path, **config) -> Flask:
+
+@pytest.fixture(autouse=True)
+def _close_stores():
+    """Hand back the pooled connections of every app a test built."""
+    yield
+    while _apps:
+        state = _apps.pop().extensions["cnerium"]
+        if state.store is not None:
+            state.store.close()
+
+
+def cli_app(instance_path, **config) -> Flask:
     """An app with three durable routes: JSON, binary, and one that waits for a signal."""
     app = Flask(__name__, instance_path=str(instance_path))
+    _apps.append(app)
     app.config.update(config)
     cnerium = Cnerium(app)
     app.extensions["test.release"] = release = threading.Event()
@@ -48,7 +61,8 @@ def make_app(instance_path, **config) -> Flask:
 
 @pytest.fixture
 def app(tmp_path):
-    return make_app(tmp_path)
+    """A CLI test app whose store is its own SQLite file under ``tmp_path``."""
+    return cli_app(tmp_path)
 
 
 def post(app: Flask, key: str, path: str = "/orders", user: str | None = None):
@@ -78,8 +92,8 @@ def test_init_creates_the_table_and_says_where(app, tmp_path):
 
 
 def test_purge_removes_expired_records_in_batches(tmp_path, monkeypatch):
-    short = make_app(tmp_path, CNERIUM_KEY_TTL=0.2)
-    kept = make_app(tmp_path)
+    short = cli_app(tmp_path, CNERIUM_KEY_TTL=0.2)
+    kept = cli_app(tmp_path)
     client = short.test_client()
     for i in range(2500):
         client.post("/orders", json={"i": i}, headers={"Idempotency-Key": f"old-{i}"})
@@ -114,7 +128,7 @@ def test_purge_with_nothing_expired(app):
 
 
 def test_purge_draws_a_progress_bar_on_a_terminal(tmp_path, monkeypatch):
-    app = make_app(tmp_path, CNERIUM_KEY_TTL=0.05)
+    app = cli_app(tmp_path, CNERIUM_KEY_TTL=0.05)
     for i in range(5):
         post(app, f"k{i}")
     time.sleep(0.1)
@@ -190,9 +204,23 @@ def test_show_finds_a_key_only_in_its_scope(app):
     assert run(app, "show", "k1", "--scope", "bob").exit_code == 1
 
 
+@pytest.mark.postgres
+def test_stats_and_show_on_postgresql(tmp_path, pg_url):
+    app = cli_app(tmp_path, CNERIUM_DATABASE=pg_url)
+    post(app, "pg-1")
+    post(app, "pg-2", "/blobs")
+    result = run(app, "stats")
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in result.output.splitlines()]
+    assert ["orders.create", "completed", "1", "0"] in lines
+    assert ["total", "2", "0"] in lines
+    assert "(pg_total_relation_size of cnerium_idempotency)" in result.output
+    assert "AP/+IGJpbmFyeQ==" in run(app, "show", "pg-2").output
+
+
 def test_an_unreachable_store_is_a_clear_error(tmp_path):
     url = "postgresql://cnerium:s3cret@127.0.0.1:1/nowhere"
-    app = make_app(tmp_path, CNERIUM_DATABASE=url)
+    app = cli_app(tmp_path, CNERIUM_DATABASE=url)
     result = run(app, "stats")
     assert result.exit_code == 1
     error = [line for line in result.output.splitlines() if line.startswith("Error:")]
@@ -204,7 +232,7 @@ def test_an_unreachable_store_is_a_clear_error(tmp_path):
 
 def test_an_unusable_data_dir_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("not a directory")
-    app = make_app(tmp_path, CNERIUM_DATA_DIR=str(tmp_path / "file" / "cnerium"))
+    app = cli_app(tmp_path, CNERIUM_DATA_DIR=str(tmp_path / "file" / "cnerium"))
     result = run(app, "init")
     assert result.exit_code == 1
     assert result.output.startswith("Error: Could not open the Cnerium store")
