@@ -618,7 +618,7 @@ class Store:
 
 def _is_lock_timeout(exc: Exception) -> bool:
     """PostgreSQL's ``lock_not_available``: a twin held the key past our wait."""
-    original = exc.args[0] if exc.args else None
+    original = getattr(exc, "orig", None)  # peewee keeps the driver's exception here
     return getattr(original, "pgcode", None) == "55P03"
 
 
