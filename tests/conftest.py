@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -113,6 +114,41 @@ def _create_database(admin, name: str) -> None:
             if attempt == 19:
                 raise
             time.sleep(0.1)
+
+
+BACKENDS = ["sqlite-separate", "sqlite-shared", "pg-separate", "pg-shared"]
+
+
+@dataclass
+class Backend:
+    """Where a test app keeps its orders and its idempotency records."""
+
+    name: str
+    mode: str
+    data_dir: str
+    database_url: str
+    store_url: str | None
+    records_url: str
+
+    def app_kwargs(self) -> dict[str, Any]:
+        """Keywords for ``make_app`` / ``create_app`` / ``app_env`` (with ``data_dir``)."""
+        return {"mode": self.mode, "data_dir": self.data_dir,
+                "database_url": self.database_url, "store_url": self.store_url}
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """One of ``BACKENDS`` (parametrize with ``indirect=True``): SQLite or a fresh PostgreSQL
+    database, with a separate store or the store in the app's database (``database=``)."""
+    engine, mode = request.param.split("-")
+    data_dir = str(tmp_path / "data")
+    if engine == "pg":
+        url = request.getfixturevalue("pg_url")
+        return Backend(request.param, mode, data_dir, url, url if mode == "separate" else None,
+                       url)
+    app_db = "sqlite:///" + os.path.join(data_dir, "app.db")
+    records = app_db if mode == "shared" else "sqlite:///" + os.path.join(data_dir, "cnerium.db")
+    return Backend(request.param, mode, data_dir, app_db, None, records)
 
 
 class LiveServer:

@@ -158,7 +158,9 @@ def orders(app: Any) -> int:
 
 def records(app: Any) -> list[Any]:
     """Every row of the store's table, read through the app's store."""
-    store = app.extensions["cnerium"].store
+    state = app.extensions["cnerium"]
+    assert state.start(app), "the store could not be opened"
+    store = state.store
     with store.database.connection_context():
         return list(store.model.select().order_by(store.model.id))
 
