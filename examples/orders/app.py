@@ -1,0 +1,105 @@
+"""The seed's orders service in Flask: a durable ``POST /orders`` that creates each order once.
+
+Run it with ``flask --app examples/orders/app.py run`` (or ``make demo``). The orders and the
+idempotency records live in one SQLite file in the app's instance folder, so an order row and
+its stored response commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Flask
+from peewee import CharField, DatabaseProxy, DoubleField, IntegerField, Model, SqliteDatabase
+
+from flask_cnerium import AppConfig, Cnerium, DurableRequest, DurableResponse, created
+from flask_cnerium.support import int_or, string_or
+
+SERVICE = "orders-service"
+PRAGMAS = {"journal_mode": "wal", "synchronous": "normal"}
+
+database = DatabaseProxy()
+"""The app's peewee database, chosen by :func:`create_app`."""
+
+
+class Order(Model):
+    """One order, written by the durable handler in the same transaction as its response."""
+
+    order_id = CharField(unique=True)
+    product_id = CharField()
+    quantity = IntegerField()
+    created_at = DoubleField(default=time.time)
+
+    class Meta:
+        database = database
+        table_name = "orders"
+
+    def to_dict(self) -> dict:
+        """The order as the API shows it."""
+        return {"order_id": self.order_id, "product_id": self.product_id,
+                "quantity": self.quantity, "created_at": self.created_at}
+
+
+def create_order(request: DurableRequest) -> DurableResponse:
+    """``POST /orders``: validate, insert the order, answer 201. Runs once per key."""
+    body = request.json()
+    product_id = string_or(body, "product_id", "")
+    quantity = int_or(body, "quantity", 0)
+    if not product_id:
+        return DurableResponse.bad_request("Missing required field: product_id")
+    if quantity <= 0:
+        return DurableResponse.bad_request("Field quantity must be greater than zero")
+    order_id = "ord_" + request.idempotency_key_value()
+    Order.create(order_id=order_id, product_id=product_id, quantity=quantity)
+    return created({"ok": True, "order_id": order_id, "product_id": product_id,
+                    "quantity": quantity})
+
+
+def health() -> dict:
+    """``GET /health``."""
+    return {"ok": True, "service": SERVICE}
+
+
+def list_orders() -> dict:
+    """``GET /orders``: every order, newest first."""
+    orders = Order.select().order_by(Order.created_at.desc(), Order.id.desc())
+    return {"ok": True, "orders": [order.to_dict() for order in orders]}
+
+
+def create_app(instance_path: str | None = None) -> Flask:
+    """Build the orders service; ``instance_path`` (absolute) is where its data lives."""
+    app = Flask(__name__, instance_path=instance_path)
+    os.makedirs(app.instance_path, exist_ok=True)
+    db = SqliteDatabase(os.path.join(app.instance_path, "orders.db"), pragmas=PRAGMAS,
+                        timeout=5)
+    database.initialize(db)
+    config = (AppConfig.development()
+              .set_name(SERVICE)
+              .set_data_dir(os.path.join(app.instance_path, "cnerium"))
+              .set_node_id("orders-node"))
+    cnerium = Cnerium(app, config, database=db)
+    _manage_connections(app, db)
+    app.get("/health")(health)
+    app.get("/orders")(list_orders)
+    cnerium.durable_post("/orders", "orders.create", create_order)
+    return app
+
+
+def _manage_connections(app: Flask, db: SqliteDatabase) -> None:
+    """One connection per request; the ``orders`` table is created by the first request."""
+
+    @app.before_request
+    def open_connection() -> None:
+        db.connect(reuse_if_open=True)
+        if not app.extensions.get("orders.schema"):
+            db.create_tables([Order], safe=True)
+            app.extensions["orders.schema"] = True
+
+    @app.teardown_request
+    def close_connection(exc: BaseException | None) -> None:
+        if not db.is_closed():
+            db.close()
+
+
+app = create_app()
