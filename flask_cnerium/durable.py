@@ -244,7 +244,10 @@ def make_view(cnerium: Cnerium, operation: str, handler: Callable[..., Any]) -> 
 
 
 def _handle(app, state, cnerium, operation, handler, view_args) -> Response:
-    settings = state.ensure_started(app)
+    try:
+        settings = state.ensure_started(app)
+    except StoreError as exc:
+        raise _store_unavailable(exc) from None
     key = parse_key(request.headers.get(settings.idempotency_header), settings.key_max_length)
     scope = cnerium.current_scope()
     durable_request = DurableRequest(request._get_current_object(), key, operation, view_args)
@@ -258,10 +261,14 @@ def _handle(app, state, cnerium, operation, handler, view_args) -> Response:
         outcome = state.store.execute(scope, key, operation, fingerprint(operation, request),
                                       run, lambda: state.publish_held(app, held, scope, key))
     except StoreError as exc:
-        log.warning("Idempotency store unavailable: %s", exc)
-        raise StoreUnavailable("The idempotency store is unavailable; retry later.",
-                               retry_after=RETRY_AFTER) from None
+        raise _store_unavailable(exc) from None
     return _answer(app, settings, operation, scope, key, outcome)
+
+
+def _store_unavailable(exc: StoreError) -> StoreUnavailable:
+    log.warning("Idempotency store unavailable: %s", exc)
+    return StoreUnavailable("The idempotency store is unavailable; retry later.",
+                            retry_after=RETRY_AFTER)
 
 
 def _answer(app, settings, operation: str, scope: str, key: str, outcome: Outcome) -> Response:

@@ -77,7 +77,10 @@ def open_database(url: str) -> peewee.Database:
         path = url[len("sqlite:///"):]
         if not path or path == ":memory:":
             raise StoreError("The store needs a file: use sqlite:///path/to/cnerium.db.")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"Cannot create the store's directory: {exc}") from exc
         return PooledSqliteDatabase(
             path, max_connections=64, stale_timeout=300, timeout=BUSY_TIMEOUT,
             check_same_thread=False,  # pooled: a connection serves one thread at a time
@@ -589,7 +592,8 @@ class Store:
         if self.shared:
             yield
             return
-        opened = self.database.connect(reuse_if_open=True)
+        with self._guard():
+            opened = self.database.connect(reuse_if_open=True)
         try:
             yield
         finally:
