@@ -43,3 +43,13 @@ def test_umd_build_exposes_window_cnerium() -> None:
 def test_module_without_default_export_is_refused() -> None:
     with pytest.raises(ValueError, match="export default"):
         umd_source("export function connect() {}\n")
+
+
+def test_orders_dashboard_loads_the_client(tmp_path) -> None:
+    from tests.test_example import load_example
+
+    app = load_example().create_app(str(tmp_path))
+    page = app.test_client().get("/").get_data(as_text=True)
+    assert 'data-client="/_cnerium/cnerium.js"' in page
+    assert 'data-ws="/ws"' in page
+    assert 'id="retry"' in page

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from flask import Flask
+from flask import Flask, render_template
 from peewee import CharField, DatabaseProxy, DoubleField, IntegerField, Model, SqliteDatabase
 
 from flask_cnerium import AppConfig, Cnerium, DurableRequest, DurableResponse, created
@@ -56,6 +56,11 @@ def create_order(request: DurableRequest) -> DurableResponse:
                     "quantity": quantity})
 
 
+def dashboard() -> str:
+    """``GET /``: the live dashboard (order form, retry, orders table, event feed)."""
+    return render_template("dashboard.html")
+
+
 def health() -> dict:
     """``GET /health``."""
     return {"ok": True, "service": SERVICE}
@@ -77,9 +82,11 @@ def create_app(instance_path: str | None = None) -> Flask:
     config = (AppConfig.development()
               .set_name(SERVICE)
               .set_data_dir(os.path.join(app.instance_path, "cnerium"))
-              .set_node_id("orders-node"))
+              .set_node_id("orders-node")
+              .enable_realtime("/ws"))
     cnerium = Cnerium(app, config, database=db)
     _manage_connections(app, db)
+    app.get("/")(dashboard)
     app.get("/health")(health)
     app.get("/orders")(list_orders)
     cnerium.durable_post("/orders", "orders.create", create_order)
