@@ -26,6 +26,7 @@ async function send(request) {
     });
     showResponse(request, response.status, response.statusText,
       response.headers.get("Idempotent-Replayed"), await response.text());
+    refreshOrders();
   } catch (error) {
     showResponse(request, 0, "network error", null, String(error));
   } finally {
@@ -147,4 +148,5 @@ client.on("order.created", (event) => {
   refreshOrders();
 });
 showStatus(client.status);
+refreshOrders();
 window.cneriumClient = client;  // for the console (and the browser test)
