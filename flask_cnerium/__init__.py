@@ -2,7 +2,7 @@
 
 from .config import AppConfig
 from .durable import DurableRequest, DurableResponse, created
-from .events import EventPayload, RealtimeConfig
+from .events import Event, EventPayload, PublishedEvent, RealtimeConfig
 from .extension import Cnerium
 
 __all__ = [
@@ -10,7 +10,9 @@ __all__ = [
     "Cnerium",
     "DurableRequest",
     "DurableResponse",
+    "Event",
     "EventPayload",
+    "PublishedEvent",
     "RealtimeConfig",
     "created",
 ]

@@ -2,10 +2,97 @@
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 EventPayload = dict[str, Any]
 """An event's payload: a JSON object."""
+
+RESERVED_PREFIX = "cnerium."
+"""Event types starting with this are the WebSocket protocol's own control frames."""
+
+_TYPE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)+")
+_ROOM = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def check_event_type(type: str) -> str:
+    """``type`` if it is a dotted fact name (``order.created``); ``ValueError`` otherwise."""
+    if not isinstance(type, str) or len(type) > 128 or not _TYPE.fullmatch(type):
+        raise ValueError(f"Invalid event type {type!r}: use a dotted fact name of at most 128 "
+                         "characters such as 'order.created' (letters, digits, '_' and '-' "
+                         "between the dots).")
+    if type.startswith(RESERVED_PREFIX):
+        raise ValueError(f"Invalid event type {type!r}: types starting with "
+                         f"{RESERVED_PREFIX!r} are reserved for the protocol's control frames.")
+    return type
+
+
+def check_room(room: str) -> str:
+    """``room`` if it is 1-128 characters of ``[A-Za-z0-9_.:-]``; ``ValueError`` otherwise."""
+    if not isinstance(room, str) or not _ROOM.fullmatch(room):
+        raise ValueError(f"Invalid room {room!r}: use 1 to 128 letters, digits or '_.:-' "
+                         "(e.g. 'orders', 'shop:42', 'user:123').")
+    return room
+
+
+@dataclass(frozen=True)
+class Event:
+    """A fact that happened: a dotted ``type`` and a JSON-object ``payload``.
+
+    Invalid types and payloads that are not a JSON-serializable object raise ``ValueError``.
+    """
+
+    type: str
+    payload: EventPayload = field(default=None, hash=False)  # type: ignore[assignment]
+    payload_json: str = field(init=False, repr=False, compare=False, hash=False)
+    """The payload serialized once, as it goes on the wire."""
+
+    def __post_init__(self) -> None:
+        check_event_type(self.type)
+        payload = {} if self.payload is None else self.payload
+        if not isinstance(payload, dict):
+            raise ValueError(f"An event payload must be a JSON object (a dict), not "
+                             f"{type(payload).__name__}.")
+        try:
+            encoded = json.dumps(payload, separators=(",", ":"), ensure_ascii=False,
+                                 allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"The payload of {self.type!r} is not JSON-serializable: {exc}."
+                             ) from None
+        object.__setattr__(self, "payload", payload)
+        object.__setattr__(self, "payload_json", encoded)
+
+    def check_size(self, limit: int) -> Event:
+        """This event, or ``ValueError`` when its serialized payload exceeds ``limit`` bytes."""
+        size = len(self.payload_json.encode())
+        if size > limit:
+            raise ValueError(f"The payload of {self.type!r} is {size} bytes serialized, over "
+                             f"CNERIUM_REALTIME_MAX_PAYLOAD ({limit}). Send an id and let "
+                             "clients fetch the rest through a normal route.")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedEvent:
+    """An event as it was published: the event, its room (``None``: everyone) and its id."""
+
+    event: Event
+    room: str | None
+    id: str
+    ts: str
+    node: str
+
+    @property
+    def type(self) -> str:
+        """The event's type."""
+        return self.event.type
+
+    @property
+    def payload(self) -> EventPayload:
+        """The event's payload."""
+        return self.event.payload
 
 
 class _FactoryOrFlag:

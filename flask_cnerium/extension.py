@@ -6,16 +6,20 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import peewee
 from flask import Flask, current_app, has_app_context
 
 from .client import register_client
-from .config import DEFAULTS, AppConfig, Settings
+from .config import DEFAULTS, AppConfig, Settings, realtime_config_keys
 from .durable import make_view
 from .errors import StoreError
+from .events import Event, EventPayload, PublishedEvent, RealtimeConfig, check_room
+from .realtime import capture_events, emit, start_hub
 from .store import Store, open_database
+from .websocket import add_endpoint
 
 log = logging.getLogger("flask_cnerium")
 
@@ -45,6 +49,7 @@ class CneriumState:
                           "(shared database)" if self.database else settings.database_url, exc)
                 return False
             self.settings, self.store = settings, store
+            self.realtime = start_hub(settings)
             log.info("Cnerium started for %s (node %s).", settings.name, settings.node_id)
             return True
 
@@ -82,6 +87,8 @@ class Cnerium:
         self._routes: list[tuple[str, str, Callable, dict]] = []
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._scope_function: Callable[[], Any] | None = None
+        self._realtime: RealtimeConfig | None = None
+        self._room_authorizer: Callable[[str], bool] | None = None
         if app is not None:
             self.init_app(app)
 
@@ -96,8 +103,11 @@ class Cnerium:
         config = config or self._config
         if config is not None:
             config.apply(app.config)
+        if self._realtime is not None:
+            app.config.update(realtime_config_keys(self._realtime))
         app.extensions["cnerium"] = CneriumState(self, database or self._database)
         self._apps.add(app)
+        self._serve_realtime(app)
         register_client(app)
         for rule, operation, handler, options in self._routes:
             self._add_route(app, rule, operation, handler, options)
@@ -156,3 +166,63 @@ class Cnerium:
             return ""
         scope = self._scope_function()
         return "" if scope is None else str(scope)
+
+    # -- realtime events -----------------------------------------------------------------
+
+    def emit(self, event_or_type: Event | str, payload: EventPayload | None = None) -> bool:
+        """Publish an event to every connected client (after the commit in a durable handler).
+
+        ``True`` when realtime accepted it; ``False`` when realtime is disabled, not started
+        or its broker failed. An invalid type or payload raises ``ValueError``.
+        """
+        return emit(self._emitting_app(), None, event_or_type, payload)
+
+    def emit_to(self, room: str, event_or_type: Event | str,
+                payload: EventPayload | None = None) -> bool:
+        """Publish an event to the clients in ``room``; see :meth:`emit`."""
+        return emit(self._emitting_app(), check_room(room), event_or_type, payload)
+
+    def _emitting_app(self) -> Flask:
+        if has_app_context() and current_app.extensions.get("cnerium", None) is not None \
+                and current_app.extensions["cnerium"].extension is self:
+            return current_app._get_current_object()
+        apps = list(self._apps)
+        if len(apps) != 1:
+            raise RuntimeError("Cnerium does not know which app to emit for: it is registered "
+                               f"on {len(apps)} apps. Emit inside an app context "
+                               "(with app.app_context(): ...).")
+        return apps[0]
+
+    def realtime(self, endpoint: str = "/ws", host: str = "0.0.0.0",
+                 port: int | None = None) -> None:
+        """Serve realtime events at ``endpoint``; ``host``/``port`` are what clients are told.
+
+        The seed's form of ``AppConfig.enable_realtime``; call it before :meth:`start`.
+        """
+        self._realtime = RealtimeConfig.enabled(endpoint, host, port)
+        for app in self._apps:
+            if app.extensions["cnerium"].store is not None:
+                raise RuntimeError("Cnerium has already started for this app: call "
+                                   "cnerium.realtime(...) before cnerium.start().")
+            app.config.update(realtime_config_keys(self._realtime))
+            self._serve_realtime(app)
+
+    def _serve_realtime(self, app: Flask) -> None:
+        realtime = Settings.from_app(app).realtime
+        if realtime.enabled:
+            add_endpoint(app, realtime.endpoint)
+
+    def authorize_room(self, function: Callable[[str], bool]) -> Callable[[str], bool]:
+        """Register ``function(room) -> bool``, asked inside the WebSocket request's context
+        whether the client may join ``room``. Without one, every room is open."""
+        self._room_authorizer = function
+        return function
+
+    def room_allowed(self, room: str) -> bool:
+        """Whether the current WebSocket request may join ``room``."""
+        return self._room_authorizer is None or bool(self._room_authorizer(room))
+
+    def capture_events(self) -> AbstractContextManager[list[PublishedEvent]]:
+        """A context manager yielding a list that fills with the events as they are published
+        (each with ``.type``, ``.payload``, ``.room``, ``.id``), for tests."""
+        return capture_events(self._apps)
