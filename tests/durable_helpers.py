@@ -174,3 +174,15 @@ def record_run(request: Any, product: str = "x") -> int:
         idempotency_key=request.idempotency_key_value(), product_id=product, quantity=1,
         pid=os.getpid())
     return order.id
+
+
+def prepare(backend: Any) -> None:
+    """Create the tables once, as a deployment's start-up would, before the workers race."""
+    from tests.apps.durable_app import create_app
+
+    app = create_app(backend.data_dir, mode=backend.mode, database_url=backend.database_url,
+                     store_url=backend.store_url)
+    state = app.extensions["cnerium"]
+    assert state.start(app)
+    state.store.close()
+    app.extensions["test_orders"]._meta.database.close()

@@ -11,7 +11,7 @@ import functools
 
 import pytest
 
-from tests.apps.durable_app import app_env, create_app
+from tests.apps.durable_app import app_env
 from tests.conftest import BACKENDS
 from tests.durable_helpers import (
     ORDER,
@@ -20,22 +20,13 @@ from tests.durable_helpers import (
     HttpAnswer,
     count,
     http_post,
+    prepare,
     query,
     run_together,
 )
 
 PROCESSES = 4
 THREADS = 16
-
-
-def prepare(backend) -> None:
-    """Create the tables once, as a deployment's start-up would, before the workers race."""
-    app = create_app(backend.data_dir, mode=backend.mode, database_url=backend.database_url,
-                     store_url=backend.store_url)
-    state = app.extensions["cnerium"]
-    assert state.start(app)
-    state.store.close()
-    app.extensions["test_orders"]._meta.database.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
