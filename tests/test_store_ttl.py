@@ -1,0 +1,83 @@
+"""SPEC §2.5: records past ``CNERIUM_KEY_TTL`` are treated as absent and purged in batches."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import BACKENDS
+from tests.durable_helpers import ORDER, RECORDS, orders, post, query, records, wait_for
+
+
+def test_record_past_its_ttl_is_treated_as_new(make_app):
+    app = make_app(config={"CNERIUM_KEY_TTL": 0.5})
+    client = app.test_client()
+    first = post(client, ORDER)
+    assert post(client, ORDER).headers["Idempotent-Replayed"] == "true"
+    expires_at = records(app)[0].expires_at
+    assert expires_at == pytest.approx(time.time() + 0.5, abs=0.5)
+    wait_for(lambda: time.time() > expires_at, what="the record to expire")
+
+    again = post(client, ORDER)
+    assert again.status_code == 201
+    assert "Idempotent-Replayed" not in again.headers
+    assert again.get_json()["run"] == first.get_json()["run"] + 1
+    assert orders(app) == 2
+
+
+def test_expired_key_may_be_reused_for_another_request(make_app):
+    app = make_app(config={"CNERIUM_KEY_TTL": 0.3})
+    client = app.test_client()
+    post(client, ORDER)
+    assert post(client, {"product_id": "p2"}).status_code == 409
+    time.sleep(0.35)
+    assert post(client, {"product_id": "p2"}).status_code == 201
+    assert len(records(app)) == 1
+    assert orders(app) == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_record_moved_past_its_expiry_in_the_database_is_treated_as_new(make_app, backend):
+    client = make_app(**backend.app_kwargs()).test_client()
+    assert post(client, ORDER).status_code == 201
+    query(backend.records_url, f"UPDATE {RECORDS} SET expires_at = %s", (time.time() - 1,))
+
+    # Another worker (a fresh app: no cache of its own) reads the expired row.
+    app = make_app(**backend.app_kwargs())
+    again = post(app.test_client(), ORDER)
+    assert again.status_code == 201
+    assert "Idempotent-Replayed" not in again.headers
+    assert orders(app) == 2
+    [record] = records(app)
+    assert record.state == "completed" and record.expires_at > time.time()
+
+
+def test_default_ttl_is_a_day(app, client):
+    post(client, ORDER)
+    [record] = records(app)
+    assert record.expires_at - record.created_at == pytest.approx(86400, abs=5)
+
+
+@pytest.mark.parametrize("backend", ["sqlite-separate", "pg-separate"], indirect=True)
+def test_purge_removes_only_expired_records_in_batches(make_app, backend):
+    app = make_app(**backend.app_kwargs())
+    client = app.test_client()
+    for i in range(7):
+        assert post(client, ORDER, key=f"k{i}").status_code == 201
+    past = time.time() - 1
+    query(backend.records_url, f"UPDATE {RECORDS} SET expires_at = %s WHERE "
+          "idempotency_key IN ('k0', 'k1', 'k2', 'k3', 'k4')", (past,))
+    # An expired claim whose lease is still running is left alone until the lease ends.
+    query(backend.records_url, f"UPDATE {RECORDS} SET state = 'in_progress', "
+          "lease_expires_at = %s WHERE idempotency_key = 'k4'", (time.time() + 60,))
+
+    store = app.extensions["cnerium"].store
+    assert list(store.purge(batch_size=2, pause=0)) == [2, 2]
+    assert sorted(r.key for r in records(app)) == ["k4", "k5", "k6"]
+
+    query(backend.records_url, f"UPDATE {RECORDS} SET lease_expires_at = %s "
+          "WHERE idempotency_key = 'k4'", (past,))
+    assert list(store.purge(batch_size=2, pause=0)) == [1]
+    assert sorted(r.key for r in records(app)) == ["k5", "k6"]
+    assert list(store.purge()) == []
