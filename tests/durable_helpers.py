@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -186,3 +187,11 @@ def prepare(backend: Any) -> None:
     assert state.start(app)
     state.store.close()
     app.extensions["test_orders"]._meta.database.close()
+
+
+def dead_pg_url() -> str:
+    """A PostgreSQL URL on a local port where nothing listens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"postgresql://postgres@127.0.0.1:{port}/nothing"

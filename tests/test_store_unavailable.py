@@ -5,22 +5,13 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import socket
 
 import psycopg2
 import pytest
 
 from flask_cnerium import store as store_module
 from tests.conftest import PG_ADMIN_URL
-from tests.durable_helpers import ORDER, orders, post, problem_slug
-
-
-def dead_pg_url() -> str:
-    """A PostgreSQL URL on a local port where nothing listens."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"postgresql://postgres@127.0.0.1:{port}/nothing"
+from tests.durable_helpers import ORDER, dead_pg_url, orders, post, problem_slug
 
 
 def unusable_stores(tmp_path) -> dict[str, dict]:
