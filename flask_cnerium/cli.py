@@ -102,11 +102,7 @@ def _open_store() -> Store:
     if state is None:
         raise click.ClickException("Cnerium is not registered on this app: call Cnerium(app) "
                                    "or cnerium.init_app(app) in the app factory.")
-    try:
-        started = state.start(app)
-    except (StoreError, OSError, ValueError) as exc:
-        raise click.ClickException(f"Could not open the Cnerium store: {exc}") from None
-    if not started:
+    if not state.start(app):
         where = "the app's own database" if state.database is not None else \
             _redact(Settings.from_app(app).database_url)
         raise click.ClickException(f"Could not open the Cnerium store ({where}). Check "

@@ -235,7 +235,7 @@ def test_an_unusable_data_dir_is_a_clear_error(tmp_path):
     app = cli_app(tmp_path, CNERIUM_DATA_DIR=str(tmp_path / "file" / "cnerium"))
     result = run(app, "init")
     assert result.exit_code == 1
-    assert result.output.startswith("Error: Could not open the Cnerium store")
+    assert "\nError: Could not open the Cnerium store (sqlite:///" in "\n" + result.output
     assert "Traceback" not in result.output
 
 
