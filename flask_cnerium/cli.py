@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
@@ -159,7 +159,8 @@ def _is_terminal() -> bool:
     return sys.stdout.isatty()
 
 
-def _purge(store: Store, batch_size: int, advance) -> tuple[int, int]:
+def _purge(store: Store, batch_size: int, advance: Callable[[int], object]
+           ) -> tuple[int, int]:
     """Run :meth:`Store.purge`; the records removed and the number of batches."""
     removed = batches = 0
     try:
@@ -192,7 +193,7 @@ def _purgeable(store: Store) -> peewee.ModelSelect:
 
 
 def _counts(store: Store) -> list[list[str]]:
-    """One row per operation and state: the number of records and of expired ones."""
+    """Per operation and state, then in total: the number of records and of expired ones."""
     model = store.model
     expired = peewee.Case(None, [(model.expires_at <= time.time(), 1)], 0)
     query = (model.select(model.operation, model.state, peewee.fn.COUNT(model.id),
