@@ -10,6 +10,9 @@ from flask import Flask
 
 from .events import RealtimeConfig
 
+KEY_COLUMN_LENGTH = 255
+"""The longest key the store's ``idempotency_key`` column holds (a VARCHAR on PostgreSQL)."""
+
 DEFAULTS: dict[str, object] = {
     "CNERIUM_NAME": None,  # app.name
     "CNERIUM_DATA_DIR": None,  # <instance_path>/cnerium
@@ -71,6 +74,10 @@ class Settings:
         mismatch = int(c["CNERIUM_MISMATCH_STATUS"])
         if mismatch not in (409, 422):
             raise ValueError("CNERIUM_MISMATCH_STATUS must be 409 or 422, not %r." % mismatch)
+        key_max_length = int(c["CNERIUM_KEY_MAX_LENGTH"])
+        if not 1 <= key_max_length <= KEY_COLUMN_LENGTH:
+            raise ValueError(f"CNERIUM_KEY_MAX_LENGTH must be 1 to {KEY_COLUMN_LENGTH} (the "
+                             f"store's key column), not {key_max_length!r}.")
         return cls(
             name=c["CNERIUM_NAME"] or app.name,
             data_dir=data_dir,
@@ -78,7 +85,7 @@ class Settings:
             database_url=c["CNERIUM_DATABASE"]
             or "sqlite:///" + os.path.join(data_dir, "cnerium.db"),
             idempotency_header=c["CNERIUM_IDEMPOTENCY_HEADER"],
-            key_max_length=int(c["CNERIUM_KEY_MAX_LENGTH"]),
+            key_max_length=key_max_length,
             key_ttl=float(c["CNERIUM_KEY_TTL"]),
             lock_timeout=float(c["CNERIUM_LOCK_TIMEOUT"]),
             in_flight_wait=float(c["CNERIUM_IN_FLIGHT_WAIT"]),
