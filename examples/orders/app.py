@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from flask import Flask, render_template
+from flask import Flask, current_app, render_template
 from peewee import CharField, DatabaseProxy, DoubleField, IntegerField, Model, SqliteDatabase
 
 from flask_cnerium import AppConfig, Cnerium, DurableRequest, DurableResponse, created
@@ -51,9 +51,15 @@ def create_order(request: DurableRequest) -> DurableResponse:
     if quantity <= 0:
         return DurableResponse.bad_request("Field quantity must be greater than zero")
     order_id = "ord_" + request.idempotency_key_value()
-    Order.create(order_id=order_id, product_id=product_id, quantity=quantity)
+    order = Order.create(order_id=order_id, product_id=product_id, quantity=quantity)
+    _cnerium().emit_to("orders", "order.created", order.to_dict())  # sent after the commit
     return created({"ok": True, "order_id": order_id, "product_id": product_id,
                     "quantity": quantity})
+
+
+def _cnerium() -> Cnerium:
+    """The current app's ``Cnerium`` (each :func:`create_app` builds its own)."""
+    return current_app.extensions["cnerium"].extension
 
 
 def dashboard() -> str:

@@ -104,16 +104,23 @@ function formatTime(value) {
 // -- realtime ---------------------------------------------------------------------------
 
 const STATUS_NOTES = {
-  open: () => `connected · joined room ${page.room}, orders refetched`,
-  reconnecting: () => "connection lost · reconnecting with backoff",
-  closed: () => "connection closed",
+  open: "connected",
+  reconnecting: "connection lost · reconnecting with backoff",
+  closed: "connection closed",
 };
 
 function showStatus(status) {
   $("#status").textContent = status;
   $("#status").dataset.status = status;
-  if (STATUS_NOTES[status]) addNote(STATUS_NOTES[status]());
-  if (status === "open") refreshOrders();  // realtime is not persistence: refetch state
+  if (status !== "open") $("#status").dataset.joined = "false";
+  if (STATUS_NOTES[status]) addNote(STATUS_NOTES[status]);
+}
+
+function joined(frame) {
+  if (frame.room !== page.room) return;
+  $("#status").dataset.joined = "true";
+  addNote(`joined room ${frame.room} · orders refetched`);
+  refreshOrders();  // realtime is not persistence: after every (re)join, refetch the state
 }
 
 function addNote(text) {
@@ -143,6 +150,7 @@ function addToFeed(event) {
 
 const client = connect(page.ws, { rooms: [page.room] });
 client.on("status", showStatus);
+client.on("cnerium.subscribed", joined);
 client.on("order.created", (event) => {
   addToFeed(event);
   refreshOrders();
