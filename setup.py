@@ -1,12 +1,14 @@
 """Packaging for flask-cnerium: the one place its metadata and extras live."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="flask-cnerium",
     version="0.1.0.dev0",
     description="Durable, retry-safe POST routes and realtime events for Flask.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.11",

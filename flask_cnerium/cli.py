@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import peewee
@@ -20,7 +19,7 @@ from flask.cli import with_appcontext
 
 from .config import Settings
 from .errors import StoreError
-from .store import COMPLETED, IN_PROGRESS, TABLE, Store
+from .store import COMPLETED, IN_PROGRESS, TABLE, Store, redact_url
 
 log = logging.getLogger("flask_cnerium")
 
@@ -104,7 +103,7 @@ def _open_store() -> Store:
                                    "or cnerium.init_app(app) in the app factory.")
     if not state.start(app):
         where = "the app's own database" if state.database is not None else \
-            _redact(Settings.from_app(app).database_url)
+            redact_url(Settings.from_app(app).database_url)
         raise click.ClickException(f"Could not open the Cnerium store ({where}). Check "
                                    "CNERIUM_DATABASE / CNERIUM_DATA_DIR and that the database "
                                    "is reachable.")
@@ -139,16 +138,7 @@ def _describe(store: Store) -> str:
     where = f"{kind} {database.database}" if database.database else kind
     if store.shared:
         return f"the app's own database ({where})"
-    return _redact(current_app.extensions["cnerium"].settings.database_url)
-
-
-def _redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return redact_url(current_app.extensions["cnerium"].settings.database_url)
 
 
 # -- purge -----------------------------------------------------------------------------

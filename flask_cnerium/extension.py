@@ -12,13 +12,14 @@ from typing import Any
 import peewee
 from flask import Flask, current_app, has_app_context
 
+from .cli import cnerium_cli
 from .client import register_client
 from .config import DEFAULTS, AppConfig, Settings, realtime_config_keys
 from .durable import make_view
 from .errors import StoreError
 from .events import Event, EventPayload, PublishedEvent, RealtimeConfig, check_room
 from .realtime import capture_events, emit, start_hub
-from .store import Store, open_database
+from .store import Store, open_database, redact_url
 from .websocket import add_endpoint
 
 log = logging.getLogger("flask_cnerium")
@@ -45,8 +46,8 @@ class CneriumState:
                 store = self._open_store(settings)
                 store.create_tables()
             except StoreError as exc:
-                log.error("Cnerium could not open its store %s: %s",
-                          "(shared database)" if self.database else settings.database_url, exc)
+                where = "(shared database)" if self.database else settings.database_url
+                log.error("Cnerium could not open its store %s: %s", redact_url(where), exc)
                 return False
             self.settings, self.store = settings, store
             self.realtime = start_hub(settings)
@@ -109,6 +110,7 @@ class Cnerium:
         self._apps.add(app)
         self._serve_realtime(app)
         register_client(app)
+        app.cli.add_command(cnerium_cli)
         for rule, operation, handler, options in self._routes:
             self._add_route(app, rule, operation, handler, options)
 

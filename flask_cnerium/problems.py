@@ -28,5 +28,5 @@ def problem_body(status: int, detail: str, type: str = "about:blank", title: str
 def problem_response(status: int, detail: str, type: str = "about:blank",
                      title: str | None = None, headers: dict | None = None) -> Response:
     """A ready ``application/problem+json`` response."""
-    body = json.dumps(problem_body(status, detail, type, title))
+    body = json.dumps(problem_body(status, detail, type, title), separators=(",", ":"))
     return Response(body, status=status, headers=headers, mimetype=PROBLEM_MEDIA_TYPE)

@@ -7,8 +7,9 @@ from blinker import Namespace
 _signals = Namespace()
 
 durable_executed = _signals.signal("durable-executed")
-"""A durable handler ran and its response was stored.
-Sent with ``operation``, ``key``, ``scope`` and ``status``."""
+"""A durable handler ran to completion (its response is stored unless the store failed or
+its claim was taken over; both are logged). Sent with ``operation``, ``key``, ``scope`` and
+``status``."""
 
 durable_replayed = _signals.signal("durable-replayed")
 """A stored response was replayed. Sent with ``operation``, ``key``, ``scope``, ``status``."""

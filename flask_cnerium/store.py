@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import peewee
 from playhouse import db_url
@@ -90,6 +90,15 @@ def open_database(url: str) -> peewee.Database:
         return PooledPostgresqlDatabase(max_connections=32, stale_timeout=300,
                                         timeout=BUSY_TIMEOUT, **params)
     raise StoreError(f"Unsupported CNERIUM_DATABASE {url!r}: use sqlite:/// or postgresql://.")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and messages."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,18 +531,19 @@ class Store:
         owner = uuid.uuid4().hex
         values = (operation, fingerprint.canonical, fingerprint.raw)
         lease = now + self.lock_timeout
+        bounded = wait is not None and not self.is_sqlite
+        if bounded:  # a twin's uncommitted claim makes us wait; never longer than ``wait``
+            self.database.execute_sql("SET LOCAL lock_timeout = %d" % int(wait * 1000))
         if record is not None:
             cursor = self.database.execute_sql(
                 self._sql["takeover"], (*values, self.node_id, owner, lease, now,
                                         now + self.ttl, record.id, record.owner))
-            return Claim(record.id, scope, key, owner, *values) if cursor.rowcount == 1 else None
-        if wait is not None and not self.is_sqlite:
-            self.database.execute_sql("SET LOCAL lock_timeout = %d" % int(wait * 1000))
-        cursor = self.database.execute_sql(
-            self._sql["insert"], (scope, key, *values, self.node_id, owner, lease, now,
-                                  now + self.ttl))
-        row = cursor.fetchone()
-        if wait is not None and not self.is_sqlite:
+            row = (record.id,) if cursor.rowcount == 1 else None
+        else:
+            row = self.database.execute_sql(
+                self._sql["insert"], (scope, key, *values, self.node_id, owner, lease, now,
+                                      now + self.ttl)).fetchone()
+        if bounded:
             self.database.execute_sql("SET LOCAL lock_timeout = DEFAULT")
         return Claim(row[0], scope, key, owner, *values) if row else None
 
