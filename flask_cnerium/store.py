@@ -180,11 +180,15 @@ class Outcome:
 
 def judge(record: Record | None, fingerprint: Fingerprint, now: float) -> Verdict | None:
     """Decide from an existing record; ``None`` means the key is free to claim."""
-    if record is None or record.expires_at <= now:
+    if record is None:
         return None
     if record.state == COMPLETED:
+        if record.expires_at <= now:
+            return None
         return Verdict.REPLAYED if fingerprint.matches(record) else Verdict.MISMATCH
-    if record.lease_expires_at is not None and record.lease_expires_at <= now:
+    # A claim lives as long as its lease (renewed while its handler runs), whatever the TTL.
+    lease = record.lease_expires_at if record.lease_expires_at is not None else record.expires_at
+    if lease <= now:
         return None
     return Verdict.IN_PROGRESS if fingerprint.matches(record) else Verdict.MISMATCH
 
