@@ -7,7 +7,17 @@ import time
 import pytest
 
 from tests.conftest import BACKENDS
-from tests.durable_helpers import ORDER, RECORDS, orders, post, query, records, wait_for
+from tests.durable_helpers import (
+    ORDER,
+    RECORDS,
+    Background,
+    orders,
+    post,
+    problem_slug,
+    query,
+    records,
+    wait_for,
+)
 
 
 def test_record_past_its_ttl_is_treated_as_new(make_app):
@@ -81,3 +91,18 @@ def test_purge_removes_only_expired_records_in_batches(make_app, backend):
     assert list(store.purge(batch_size=2, pause=0)) == [1]
     assert sorted(r.key for r in records(app)) == ["k5", "k6"]
     assert list(store.purge()) == []
+
+
+def test_a_running_claim_is_not_expired_by_the_ttl(make_app):
+    """The TTL retains stored responses; a live claim lasts as long as its lease."""
+    app = make_app(config={"CNERIUM_KEY_TTL": 0.3})
+    client = app.test_client()
+    slow = {**ORDER, "sleep": 1.2}
+    first = Background(lambda: post(client, slow))
+    [claim] = wait_for(lambda: records(app), what="the claim")
+    wait_for(lambda: time.time() > claim.expires_at + 0.1, what="the TTL to pass")
+    twin = post(client, slow)
+    assert twin.status_code == 409
+    assert problem_slug(twin) == "request-in-progress"
+    assert first.result().status_code == 201
+    assert orders(app) == 1
