@@ -173,3 +173,70 @@ def test_dashboard_story(browser: Any, server: DemoServer) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page_a.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     context.close()
+
+
+FAKE_SOCKET = """
+class FakeSocket {
+  static OPEN = 1;
+  static made = [];
+  constructor(url) {
+    Object.assign(this, { url, readyState: 0, sent: [] });
+    FakeSocket.made.push(this);
+  }
+  send(data) { this.sent.push(JSON.parse(data)); }
+  close() { this.readyState = 3; this.onclose({}); }
+  accept() { this.readyState = 1; this.onopen({}); }
+  deliver(frame) { this.onmessage({ data: JSON.stringify(frame) }); }
+}
+window.WebSocket = FakeSocket;
+"""
+
+CLIENT_SCRIPT = """async () => {
+  const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+  const log = { status: [], all: [], created: [], control: [] };
+  const client = Cnerium.connect("ws://127.0.0.1:9/ws",
+    { rooms: ["orders"], minDelay: 5, maxDelay: 10, pingInterval: 0 });
+  const all = (event) => log.all.push(event.id);
+  client.on("status", (status) => log.status.push(status)).on("*", all)
+    .on("order.created", (event) => log.created.push(event.id))
+    .on("cnerium.subscribed", (frame) => log.control.push(frame.room));
+  const first = FakeSocket.made[0];
+  first.accept();
+  const event = { type: "order.created", payload: {}, room: "orders", id: "e1" };
+  first.deliver(event);
+  first.deliver(event);
+  first.deliver({ type: "cnerium.subscribed", room: "orders" });
+  first.deliver("not an object");
+  client.subscribe("admin").unsubscribe("admin");
+  first.close();
+  await sleep(60);
+  const second = FakeSocket.made[1];
+  second.accept();
+  second.deliver(event);
+  second.deliver({ ...event, id: "e2" });
+  client.off("*", all);
+  second.deliver({ ...event, id: "e3" });
+  client.close();
+  await sleep(60);
+  return { log, made: FakeSocket.made.length, status: client.status,
+           firstSent: first.sent, secondSent: second.sent };
+}"""
+
+
+def test_client_reconnects_resubscribes_and_drops_duplicates(browser: Any) -> None:
+    """The client alone, on a fake WebSocket: rooms, dedupe, status, backoff, off, close."""
+    page = browser.new_page()
+    page.add_script_tag(content=FAKE_SOCKET)
+    page.add_script_tag(path=str(REPO / "flask_cnerium" / "static" / "cnerium.umd.js"))
+    result = page.evaluate(CLIENT_SCRIPT)
+    page.close()
+    assert result["log"]["status"] == ["open", "reconnecting", "open", "closed"]
+    assert result["log"]["all"] == ["e1", "e2"]
+    assert result["log"]["created"] == ["e1", "e2", "e3"]
+    assert result["log"]["control"] == ["orders"]
+    assert result["firstSent"] == [{"action": "subscribe", "room": "orders"},
+                                   {"action": "subscribe", "room": "admin"},
+                                   {"action": "unsubscribe", "room": "admin"}]
+    assert result["secondSent"] == [{"action": "subscribe", "room": "orders"}]
+    assert result["made"] == 2
+    assert result["status"] == "closed"
