@@ -49,8 +49,8 @@ class CneriumState:
                 where = "(shared database)" if self.database else settings.database_url
                 log.error("Cnerium could not open its store %s: %s", redact_url(where), exc)
                 return False
-            self.settings, self.store = settings, store
             self.realtime = start_hub(settings)
+            self.settings, self.store = settings, store
             log.info("Cnerium started for %s (node %s).", settings.name, settings.node_id)
             return True
 

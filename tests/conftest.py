@@ -223,3 +223,27 @@ def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+# -- realtime fixtures -------------------------------------------------------------------
+
+from tests.live import RealtimeServer  # noqa: E402 - the realtime section is appended here
+
+
+@pytest.fixture
+def realtime_server(tmp_path: Path) -> Iterator[Callable[..., RealtimeServer]]:
+    """Factory: ``realtime_server(**config)`` serves ``tests.live``'s realtime app in a thread.
+
+    Keywords are ``CNERIUM_*`` config keys, plus ``shared=True`` for a store in the app's
+    own database. Servers, their clients and stores are closed when the test ends.
+    """
+    servers: list[RealtimeServer] = []
+
+    def start(**options: Any) -> RealtimeServer:
+        server = RealtimeServer(tmp_path / f"realtime-{len(servers)}", **options)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
