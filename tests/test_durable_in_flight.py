@@ -124,9 +124,10 @@ def test_in_flight_wait_runs_out_with_409(make_app):
     assert first.result().status_code == 201
 
 
-def test_lease_is_renewed_while_the_handler_runs(make_app):
+@pytest.mark.parametrize("backend", ["sqlite-separate", "pg-separate"], indirect=True)
+def test_lease_is_renewed_while_the_handler_runs(make_app, backend):
     """Lock timeout 1 s, handler 2.5 s: every twin meanwhile is 409, never a second run."""
-    app = make_app(config={"CNERIUM_LOCK_TIMEOUT": 1})
+    app = make_app(**backend.app_kwargs(), config={"CNERIUM_LOCK_TIMEOUT": 1})
     client = app.test_client()
     slow = {**ORDER, "sleep": 2.5}
     first = Background(lambda: post(client, slow))
