@@ -157,4 +157,4 @@ client.on("order.created", (event) => {
 });
 showStatus(client.status);
 refreshOrders();
-window.cneriumClient = client;  // for the console (and the browser test)
+window.cneriumClient = client;  // to play with from the browser console
