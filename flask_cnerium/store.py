@@ -323,6 +323,11 @@ class Store:
 
     def __init__(self, database: peewee.Database, *, shared: bool, node_id: str,
                  ttl: float, lock_timeout: float, in_flight_wait: float) -> None:
+        if isinstance(database, peewee.Proxy):  # DatabaseProxy, FlaskDB before init_app
+            if database.obj is None:
+                raise StoreError("The database proxy given to Cnerium is not initialized: "
+                                 "call proxy.initialize(db) before cnerium.start().")
+            database = database.obj
         self.database = database
         self.shared = shared
         self.node_id = node_id
