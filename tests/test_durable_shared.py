@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-from flask import current_app
+import os
 
-from flask_cnerium import DurableResponse, created
+import peewee
+import pytest
+from flask import Flask, current_app
+
+from flask_cnerium import Cnerium, DurableResponse, created
+from tests.apps.durable_app import bind_order, open_app_database
 from tests.durable_helpers import ORDER, ORDERS, RECORDS, count, post, query, record_run, records
 
 SHARED = ["sqlite-shared", "pg-shared"]
@@ -77,3 +81,37 @@ def test_claim_is_never_committed_on_its_own(shared, backend):
     assert post(shared.test_client(), ORDER, path="/peek").status_code == 201
     assert seen == [(0, 0)]
     assert (count(backend.records_url, RECORDS), count(backend.database_url, ORDERS)) == (1, 1)
+
+
+@pytest.mark.parametrize("proxy_class", [peewee.DatabaseProxy, peewee.Proxy])
+@pytest.mark.parametrize("backend", SHARED, indirect=True)
+def test_database_given_through_a_proxy(tmp_path, backend, proxy_class):
+    """App factories bind models to a proxy (peewee's DatabaseProxy, FlaskDB's Proxy)."""
+    proxy = proxy_class()
+    app = Flask("proxied")
+    app.config["CNERIUM_DATA_DIR"] = str(tmp_path / "proxied")
+    cnerium = Cnerium(app, database=proxy)
+    assert cnerium.start() is False  # not initialized yet: refused, not crashed
+
+    os.makedirs(backend.data_dir, exist_ok=True)
+    database = open_app_database(backend.database_url)
+    proxy.initialize(database)
+    orders_model = bind_order(proxy)
+    database.create_tables([orders_model], safe=True)
+
+    @cnerium.durable_post("/orders", "orders.create")
+    def create_order(request):
+        orders_model.create(idempotency_key="k", product_id="p", quantity=1, pid=0)
+        if request.json().get("fail"):
+            raise RuntimeError("after the write")
+        return created({"ok": True})
+
+    app.testing = True
+    client = app.test_client()
+    with pytest.raises(RuntimeError):
+        post(client, {**ORDER, "fail": True})
+    assert count(backend.database_url, ORDERS) == count(backend.records_url, RECORDS) == 0
+    assert post(client, ORDER).status_code == 201
+    assert post(client, ORDER).headers["Idempotent-Replayed"] == "true"
+    assert count(backend.database_url, ORDERS) == count(backend.records_url, RECORDS) == 1
+    database.close()
