@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from flask import Flask, current_app, render_template
+from flask import Flask, render_template
 from peewee import CharField, DatabaseProxy, DoubleField, IntegerField, Model, SqliteDatabase
 
 from flask_cnerium import AppConfig, Cnerium, DurableRequest, DurableResponse, created
@@ -21,6 +21,9 @@ PRAGMAS = {"journal_mode": "wal", "synchronous": "normal"}
 
 database = DatabaseProxy()
 """The app's peewee database, chosen by :func:`create_app`."""
+
+cnerium = Cnerium()
+"""The extension, bound to each app by :func:`create_app` (the app factory pattern)."""
 
 
 class Order(Model):
@@ -41,6 +44,7 @@ class Order(Model):
                 "quantity": self.quantity, "created_at": self.created_at}
 
 
+@cnerium.durable_post("/orders", "orders.create")
 def create_order(request: DurableRequest) -> DurableResponse:
     """``POST /orders``: validate, insert the order, answer 201. Runs once per key."""
     body = request.json()
@@ -52,14 +56,9 @@ def create_order(request: DurableRequest) -> DurableResponse:
         return DurableResponse.bad_request("Field quantity must be greater than zero")
     order_id = "ord_" + request.idempotency_key_value()
     order = Order.create(order_id=order_id, product_id=product_id, quantity=quantity)
-    _cnerium().emit_to("orders", "order.created", order.to_dict())  # sent after the commit
+    cnerium.emit_to("orders", "order.created", order.to_dict())  # sent after the commit
     return created({"ok": True, "order_id": order_id, "product_id": product_id,
                     "quantity": quantity})
-
-
-def _cnerium() -> Cnerium:
-    """The current app's ``Cnerium`` (each :func:`create_app` builds its own)."""
-    return current_app.extensions["cnerium"].extension
 
 
 def dashboard() -> str:
@@ -90,12 +89,11 @@ def create_app(instance_path: str | None = None) -> Flask:
               .set_data_dir(os.path.join(app.instance_path, "cnerium"))
               .set_node_id("orders-node")
               .enable_realtime("/ws"))
-    cnerium = Cnerium(app, config, database=db)
+    cnerium.init_app(app, config, database=db)
     _manage_connections(app, db)
     app.get("/")(dashboard)
     app.get("/health")(health)
     app.get("/orders")(list_orders)
-    cnerium.durable_post("/orders", "orders.create", create_order)
     return app
 
 
