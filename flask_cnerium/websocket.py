@@ -254,9 +254,15 @@ class _GuardedSocket:
             self._connection.close_reason = f"closed by the server ({code}: {text})"
 
     def close(self) -> None:
-        """Release the connection, then close the real socket."""
+        """Release the connection, close the real socket, and wake ``ws.receive()``.
+
+        simple-websocket's reader thread calls this as it ends. On a message over
+        ``max_message_size`` it wakes ``receive()`` before marking itself disconnected, so
+        a receiver could otherwise sleep forever; waking it again here closes that race.
+        """
         self._connection.release()
         self._connection.sock.close()
+        self._ws.event.set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._connection.sock, name)

@@ -227,7 +227,7 @@ def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 
 # -- realtime fixtures -------------------------------------------------------------------
 
-from tests.live import RealtimeServer  # noqa: E402 - the realtime section is appended here
+from tests.live import RealtimeServer, create_realtime_app  # noqa: E402 - appended section
 
 
 @pytest.fixture
@@ -235,12 +235,16 @@ def realtime_server(tmp_path: Path) -> Iterator[Callable[..., RealtimeServer]]:
     """Factory: ``realtime_server(**config)`` serves ``tests.live``'s realtime app in a thread.
 
     Keywords are ``CNERIUM_*`` config keys, plus ``shared=True`` for a store in the app's
-    own database. Servers, their clients and stores are closed when the test ends.
+    own database; or ``app=``, ``cnerium=`` (and ``endpoint=``) serve an app of the test's
+    own. Servers, their clients and stores are closed when the test ends.
     """
     servers: list[RealtimeServer] = []
 
-    def start(**options: Any) -> RealtimeServer:
-        server = RealtimeServer(tmp_path / f"realtime-{len(servers)}", **options)
+    def start(app: Flask | None = None, cnerium: Any = None, endpoint: str = "/ws",
+              **options: Any) -> RealtimeServer:
+        if app is None:
+            app, cnerium = create_realtime_app(tmp_path / f"realtime-{len(servers)}", **options)
+        server = RealtimeServer(app, cnerium, endpoint)
         servers.append(server)
         return server
 

@@ -14,13 +14,15 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import peewee
 import websocket
+from blinker import Signal
 from flask import Flask
 from werkzeug.serving import make_server
 
@@ -111,8 +113,8 @@ class Client:
 class RealtimeServer:
     """A realtime test app served over real HTTP and WebSocket by werkzeug in a thread."""
 
-    def __init__(self, data_dir: Path, **options: Any) -> None:
-        self.app, self.cnerium = create_realtime_app(data_dir, **options)
+    def __init__(self, app: Flask, cnerium: Cnerium, endpoint: str = "/ws") -> None:
+        self.app, self.cnerium, self.endpoint = app, cnerium, endpoint
         self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
         # Loopback's 64 KiB MSS makes Linux give each socket ~4 MB of send buffer; a real
         # network gives ~100 KB. Accepted sockets inherit this, so a stalled client fills up
@@ -128,7 +130,7 @@ class RealtimeServer:
     def ws_url(self, rooms: Iterable[str] = ()) -> str:
         """The WebSocket URL, joining ``rooms`` at connect."""
         query = urlencode([("room", room) for room in rooms])
-        return f"ws://127.0.0.1:{self.port}/ws" + (f"?{query}" if query else "")
+        return f"ws://127.0.0.1:{self.port}{self.endpoint}" + (f"?{query}" if query else "")
 
     def connect(self, rooms: Iterable[str] = (), cookie: str | None = None) -> Client:
         """A client connected to ``/ws``; it has confirmed every room of ``rooms``."""
@@ -146,8 +148,9 @@ class RealtimeServer:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.connect(("127.0.0.1", self.port))
-        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        sock.sendall(f"GET {self.endpoint} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+                     + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n"
                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
         head = b""
         while b"\r\n\r\n" not in head:
@@ -197,6 +200,23 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10, what: str = "con
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
     return result
+
+
+@contextmanager
+def recording(*watched: Signal) -> Iterator[list[dict[str, Any]]]:
+    """Record every send of ``watched``: the signal's name, the sender and the kwargs."""
+    calls: list[dict[str, Any]] = []
+    receivers = []
+    for signal in watched:
+        def receiver(sender: Any, _name: str = signal.name, **kwargs: Any) -> None:
+            calls.append({"signal": _name, "sender": sender, **kwargs})
+        signal.connect(receiver)
+        receivers.append((signal, receiver))
+    try:
+        yield calls
+    finally:
+        for signal, receiver in receivers:
+            signal.disconnect(receiver)
 
 
 def parse_frames(data: bytearray) -> list[tuple[int, bytes]]:

@@ -10,15 +10,12 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
 
 import pytest
-from blinker import Signal
 
 from flask_cnerium import signals
-from tests.live import QUIET, REPO, RealtimeServer, read_frames, wait_for
+from tests.live import QUIET, REPO, RealtimeServer, read_frames, recording, wait_for
 
 Serve = Callable[..., RealtimeServer]
 
@@ -113,7 +110,7 @@ def test_a_client_that_stops_reading_is_dropped_and_the_others_get_everything(
                              cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert swarm.stdout.readline().strip() == "ready"
-        with _recording(signals.client_connected) as connected:
+        with recording(signals.client_connected) as connected:
             stalled = server.stalled()
             wait_for(lambda: connected, what="the stalled client's connection")
         slowest = 0.0
@@ -140,7 +137,7 @@ def test_realtime_signals_fire_with_their_arguments(realtime_server: Serve) -> N
     app = server.app
     names = ["client_connected", "client_subscribed", "event_emitted",
              "client_unsubscribed", "client_disconnected"]
-    with _recording(*(getattr(signals, name) for name in names)) as calls:
+    with recording(*(getattr(signals, name) for name in names)) as calls:
         client = server.connect(["orders"])
         server.cnerium.emit_to("orders", "order.paid", {"order_id": "o1"})
         client.expect("order.paid")
@@ -159,19 +156,3 @@ def test_realtime_signals_fire_with_their_arguments(realtime_server: Serve) -> N
     assert calls[4]["reason"] == "closed by the client (1000)"
     assert connection.rooms == frozenset() and connection.remote_addr == "127.0.0.1"
 
-
-@contextmanager
-def _recording(*watched: Signal) -> Iterator[list[dict[str, Any]]]:
-    """Record every send of ``watched``: the signal's name, the sender and the kwargs."""
-    calls: list[dict[str, Any]] = []
-    receivers = []
-    for signal in watched:
-        def receiver(sender: Any, _name: str = signal.name, **kwargs: Any) -> None:
-            calls.append({"signal": _name, "sender": sender, **kwargs})
-        signal.connect(receiver)
-        receivers.append((signal, receiver))
-    try:
-        yield calls
-    finally:
-        for signal, receiver in receivers:
-            signal.disconnect(receiver)
