@@ -32,6 +32,7 @@ log = logging.getLogger("flask_cnerium")
 TABLE = "cnerium_idempotency"
 IN_PROGRESS = "in_progress"
 COMPLETED = "completed"
+SCHEMA_LOCK = 0x636E6572  # "cner": the advisory lock that serializes CREATE TABLE
 BUSY_TIMEOUT = 5.0
 """Seconds a statement waits for SQLite's write lock, or a pooled connection, before failing."""
 
@@ -378,7 +379,9 @@ class Store:
 
     def create_tables(self) -> None:
         """Create the table and its indexes if they do not exist."""
-        with self._guard(), self._connected():
+        with self._guard(), self._connected(), self.database.atomic(**self._begin):
+            if not self.is_sqlite:  # workers starting together would race on the catalog
+                self.database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             self.database.create_tables([self.model], safe=True)
 
     def close(self) -> None:

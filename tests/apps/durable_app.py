@@ -57,6 +57,14 @@ def bind_order(database: peewee.Database) -> type[Order]:
     return BoundOrder
 
 
+def create_tables(database: peewee.Database, *models: type[peewee.Model]) -> None:
+    """Create the app's tables; on PostgreSQL under a lock, as workers may start together."""
+    with database.connection_context(), database.atomic():
+        if isinstance(database, peewee.PostgresqlDatabase):
+            database.execute_sql("SELECT pg_advisory_xact_lock(hashtext('test_orders'))")
+        database.create_tables(models, safe=True)
+
+
 def create_app(data_dir: str, *, mode: str = "separate", database_url: str | None = None,
                store_url: str | None = None, config: dict[str, Any] | None = None,
                gate: str | None = None) -> Flask:
@@ -75,8 +83,7 @@ def create_app(data_dir: str, *, mode: str = "separate", database_url: str | Non
     os.makedirs(data_dir, exist_ok=True)
     database = open_app_database(database_url or "sqlite:///" + os.path.join(data_dir, "app.db"))
     orders = bind_order(database)
-    with database.connection_context():
-        database.create_tables([orders], safe=True)
+    create_tables(database, orders)
     cnerium = Cnerium(app, database=database if mode == "shared" else None)
     app.extensions["test_orders"] = orders
 
@@ -84,6 +91,11 @@ def create_app(data_dir: str, *, mode: str = "separate", database_url: str | Non
     def close_database(exc: BaseException | None) -> None:
         if not database.is_closed() and not database.in_transaction():
             database.close()
+
+    @app.after_request
+    def name_the_worker(response):
+        response.headers["X-Test-Pid"] = str(os.getpid())  # added after a replay too
+        return response
 
     @app.get("/health")
     def health() -> dict:
