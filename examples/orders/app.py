@@ -11,7 +11,17 @@ import os
 import time
 
 from flask import Flask, render_template
-from peewee import CharField, DatabaseProxy, DoubleField, IntegerField, Model, SqliteDatabase
+from peewee import (
+    CharField,
+    Database,
+    DatabaseProxy,
+    DoubleField,
+    IntegerField,
+    IntegrityError,
+    Model,
+    SqliteDatabase,
+)
+from playhouse import db_url
 
 from flask_cnerium import AppConfig, Cnerium, DurableRequest, DurableResponse, created
 from flask_cnerium.support import int_or, string_or
@@ -78,16 +88,23 @@ def list_orders() -> dict:
 
 
 def create_app(instance_path: str | None = None) -> Flask:
-    """Build the orders service; ``instance_path`` (absolute) is where its data lives."""
+    """Build the orders service; ``instance_path`` (absolute) is where its data lives.
+
+    Settings also come from ``FLASK_``-prefixed environment variables (Flask's
+    ``from_prefixed_env``): ``FLASK_ORDERS_DATABASE`` (a peewee URL, e.g.
+    ``postgresql+pool://…``; default a SQLite file in the instance folder) and any
+    ``CNERIUM_*`` key, e.g. ``FLASK_CNERIUM_REALTIME_BROKER=redis://127.0.0.1:6379/0``.
+    """
     app = Flask(__name__, instance_path=instance_path)
+    app.config.from_prefixed_env()
     os.makedirs(app.instance_path, exist_ok=True)
-    db = SqliteDatabase(os.path.join(app.instance_path, "orders.db"), pragmas=PRAGMAS,
-                        timeout=5)
+    db = open_orders_database(app.config.get("ORDERS_DATABASE")
+                              or "sqlite:///" + os.path.join(app.instance_path, "orders.db"))
     database.initialize(db)
     config = (AppConfig.development()
               .set_name(SERVICE)
               .set_data_dir(os.path.join(app.instance_path, "cnerium"))
-              .set_node_id("orders-node")
+              .set_node_id(app.config.get("ORDERS_NODE_ID", "orders-node"))
               .enable_realtime("/ws"))
     cnerium.init_app(app, config, database=db)
     _manage_connections(app, db)
@@ -97,20 +114,36 @@ def create_app(instance_path: str | None = None) -> Flask:
     return app
 
 
-def _manage_connections(app: Flask, db: SqliteDatabase) -> None:
+def open_orders_database(url: str) -> Database:
+    """The app's peewee database: SQLite in WAL mode, or whatever the URL names."""
+    if url.startswith("sqlite:///"):
+        return SqliteDatabase(url[len("sqlite:///"):], pragmas=PRAGMAS, timeout=5)
+    return db_url.connect(url)
+
+
+def _manage_connections(app: Flask, db: Database) -> None:
     """One connection per request; the ``orders`` table is created by the first request."""
 
     @app.before_request
     def open_connection() -> None:
         db.connect(reuse_if_open=True)
         if not app.extensions.get("orders.schema"):
-            db.create_tables([Order], safe=True)
+            _create_schema(db)
             app.extensions["orders.schema"] = True
 
     @app.teardown_request
     def close_connection(exc: BaseException | None) -> None:
         if not db.is_closed():
             db.close()
+
+
+def _create_schema(db: Database) -> None:
+    """Create the ``orders`` table; workers starting together may race, and one loses."""
+    try:
+        db.create_tables([Order], safe=True)
+    except IntegrityError:
+        if not db.table_exists(Order._meta.table_name):
+            raise
 
 
 app = create_app()
