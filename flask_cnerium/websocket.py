@@ -14,6 +14,7 @@ import json
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -410,7 +411,7 @@ def serve(ws: Server) -> None:
     app = current_app._get_current_object()
     state = app.extensions["cnerium"]
     hub = _running_hub(app, state)
-    if hub is None:
+    if hub is None or _is_tls(ws):
         ws.close(CloseReason.INTERNAL_ERROR, "realtime is unavailable")
         return
     ws.max_message_size = FRAME_LIMIT_FACTOR * hub.settings.max_frame
@@ -438,6 +439,14 @@ def _running_hub(app: Flask, state: CneriumState) -> RealtimeHub | None:
     if state.realtime is None:
         log.error("A WebSocket client reached %s but realtime is not enabled.", request.path)
     return state.realtime
+
+
+def _is_tls(ws: Server) -> bool:
+    if not isinstance(ws.sock, ssl.SSLSocket):
+        return False
+    log.error("Realtime writes to plain sockets only: terminate TLS in front of the app "
+              "(nginx, a load balancer) instead of in the WSGI server.")
+    return True
 
 
 def _close_reason(ws: Server, connection: Connection) -> str:

@@ -10,8 +10,13 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
+import re
 import selectors
 import socket
+import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -113,9 +118,11 @@ class Client:
 class RealtimeServer:
     """A realtime test app served over real HTTP and WebSocket by werkzeug in a thread."""
 
-    def __init__(self, app: Flask, cnerium: Cnerium, endpoint: str = "/ws") -> None:
+    def __init__(self, app: Flask, cnerium: Cnerium, endpoint: str = "/ws",
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.app, self.cnerium, self.endpoint = app, cnerium, endpoint
-        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self._server = make_server("127.0.0.1", 0, self.app, threaded=True,
+                                   ssl_context=ssl_context)
         # Loopback's 64 KiB MSS makes Linux give each socket ~4 MB of send buffer; a real
         # network gives ~100 KB. Accepted sockets inherit this, so a stalled client fills up
         # about as fast as it would in production.
@@ -161,15 +168,7 @@ class RealtimeServer:
 
     def post(self, path: str, body: Any, key: str) -> tuple[int, dict[str, str]]:
         """POST JSON ``body`` with an Idempotency-Key; the status and the headers."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request("POST", path, body=json.dumps(body),
-                         headers={"Content-Type": "application/json", "Idempotency-Key": key})
-            response = conn.getresponse()
-            response.read()
-            return response.status, dict(response.getheaders())
-        finally:
-            conn.close()
+        return post(self.port, path, body, key)
 
     def stop(self) -> None:
         """Close every client, stop the server and close the store."""
@@ -182,6 +181,53 @@ class RealtimeServer:
         state = self.app.extensions["cnerium"]
         if state.store is not None:
             state.store.close()
+
+
+def post(port: int, path: str, body: Any, key: str) -> tuple[int, dict[str, str]]:
+    """POST JSON ``body`` to 127.0.0.1:``port`` with an Idempotency-Key: status, headers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", path, body=json.dumps(body),
+                     headers={"Content-Type": "application/json", "Idempotency-Key": key})
+        response = conn.getresponse()
+        response.read()
+        return response.status, dict(response.getheaders())
+    finally:
+        conn.close()
+
+
+def app_from_env() -> Flask:
+    """The realtime test app for a server process; its data dir is $CNERIUM_TEST_DATA_DIR."""
+    return create_realtime_app(Path(os.environ["CNERIUM_TEST_DATA_DIR"]))[0]
+
+
+class GunicornServer:
+    """The realtime test app under gunicorn (gthread worker, as flask-sock advises)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = data_dir / "gunicorn.log"
+        env = {**os.environ, "CNERIUM_TEST_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "16",
+                 "-b", "127.0.0.1:0", "tests.live:app_from_env()"],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.port = int(wait_for(self._listening, timeout=30, what="gunicorn to listen"))
+
+    def _listening(self) -> str | None:
+        assert self.proc.poll() is None, self.log_path.read_text()
+        found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log_path.read_text())
+        return found.group(1) if found else None
+
+    def stop(self) -> None:
+        """Stop gunicorn (and its worker)."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def read_frames(sock: socket.socket, timeout: float) -> list[tuple[int, bytes]]:
@@ -265,8 +311,7 @@ def swarm(url: str, clients: int, events: int, timeout: float) -> dict[str, list
     return {"counts": [len(s) for s in seqs],
             "in_order": [s == list(range(len(s))) for s in seqs]}
 
-if __name__ == "__main__":
-    import sys
 
+if __name__ == "__main__":
     url, clients, events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     print(json.dumps(swarm(url, clients, events, timeout=60)), flush=True)

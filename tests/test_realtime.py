@@ -11,11 +11,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from flask_cnerium import signals
-from tests.live import QUIET, REPO, RealtimeServer, read_frames, recording, wait_for
+from tests.live import (
+    QUIET,
+    REPO,
+    Client,
+    GunicornServer,
+    RealtimeServer,
+    post,
+    read_frames,
+    recording,
+    wait_for,
+)
 
 Serve = Callable[..., RealtimeServer]
 
@@ -39,6 +50,25 @@ def test_seed_retry_flow_delivers_order_created_exactly_once(realtime_server: Se
     assert status == 409
     watcher.assert_quiet(QUIET)
     bystander.assert_quiet(0.05)
+
+
+def test_seed_retry_flow_under_gunicorn(tmp_path: Path) -> None:
+    server = GunicornServer(tmp_path / "gunicorn")
+    watcher = None
+    try:
+        watcher = Client(f"ws://127.0.0.1:{server.port}/ws?room=orders")
+        watcher.expect("cnerium.subscribed")
+        order = {"product_id": "p1"}
+        assert post(server.port, "/orders", order, key="g-1")[0] == 201
+        assert watcher.expect("order.created")["payload"] == {"order_id": "ord_g-1"}
+        assert post(server.port, "/orders", order, key="g-1")[0] == 201
+        assert post(server.port, "/orders", {"product_id": "p2"}, key="g-1")[0] == 409
+        watcher.assert_quiet(QUIET)
+        watcher.ping()
+    finally:
+        if watcher is not None:
+            watcher.close()
+        server.stop()
 
 
 def test_emit_reaches_every_client(realtime_server: Serve) -> None:

@@ -8,6 +8,9 @@ pings answered through the same write path as events, room authorization, and
 from __future__ import annotations
 
 import json
+import shutil
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,7 +21,7 @@ import websocket
 from flask import Flask, request
 
 from flask_cnerium import Cnerium, signals
-from tests.live import Client, RealtimeServer, recording, wait_for
+from tests.live import Client, RealtimeServer, create_realtime_app, recording, wait_for
 
 Serve = Callable[..., RealtimeServer]
 MAX_FRAME = 256
@@ -199,6 +202,29 @@ def test_realtime_method_serves_the_endpoint_for_new_and_registered_apps(
         assert client.expect("order.created")["payload"] == {"via": endpoint}
     with pytest.raises(RuntimeError, match=r"before cnerium\.start"):
         late.realtime("/elsewhere")
+
+
+def test_tls_in_the_wsgi_server_is_refused_with_a_clear_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = RealtimeServer(*create_realtime_app(tmp_path / "data"), ssl_context=context)
+    try:
+        ws = websocket.create_connection(f"wss://127.0.0.1:{server.port}/ws", timeout=5,
+                                         sslopt={"cert_reqs": ssl.CERT_NONE})
+        opcode, frame = ws.recv_data_frame(True)
+        ws.close()
+    finally:
+        server.stop()
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(frame.data[:2], "big") == 1011
+    assert "terminate TLS in front of the app" in caplog.text
 
 
 def test_realtime_disabled_serves_no_endpoint(tmp_path: Path) -> None:
