@@ -137,7 +137,7 @@ class Cnerium:
 
         Use as a decorator (``@cnerium.durable_post("/orders", "orders.create")``) or call
         with the handler. URL variables reach the handler as keyword arguments after the
-        :class:`DurableRequest`. ``options`` go to ``app.add_url_rule``.
+        ``DurableRequest``. ``options`` go to ``app.add_url_rule``.
         """
         def register(function: Callable) -> Callable:
             self._routes.append((rule, operation, function, options))
@@ -181,7 +181,10 @@ class Cnerium:
 
     def emit_to(self, room: str, event_or_type: Event | str,
                 payload: EventPayload | None = None) -> bool:
-        """Publish an event to the clients in ``room``; see :meth:`emit`."""
+        """Publish an event to the clients in ``room``; see ``emit``.
+
+        An invalid room (not 1-128 characters of ``[A-Za-z0-9_.:-]``) raises ``ValueError``.
+        """
         return emit(self._emitting_app(), check_room(room), event_or_type, payload)
 
     def _emitting_app(self) -> Flask:
@@ -199,7 +202,7 @@ class Cnerium:
                  port: int | None = None) -> None:
         """Serve realtime events at ``endpoint``; ``host``/``port`` are what clients are told.
 
-        The seed's form of ``AppConfig.enable_realtime``; call it before :meth:`start`.
+        The seed's form of ``AppConfig.enable_realtime``; call it before ``start()``.
         """
         self._realtime = RealtimeConfig.enabled(endpoint, host, port)
         for app in self._apps:
