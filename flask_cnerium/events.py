@@ -45,7 +45,9 @@ class Event:
     """
 
     type: str
+    """A stable dotted fact name, e.g. ``order.created``."""
     payload: EventPayload = field(default=None, hash=False)  # type: ignore[assignment]
+    """The JSON object sent with the event; ``None`` becomes ``{}``."""
     payload_json: str = field(init=False, repr=False, compare=False, hash=False)
     """The payload serialized once, as it goes on the wire."""
 
@@ -79,10 +81,15 @@ class PublishedEvent:
     """An event as it was published: the event, its room (``None``: everyone) and its id."""
 
     event: Event
+    """The event that was emitted."""
     room: str | None
+    """The room it went to; ``None`` for a broadcast to every client."""
     id: str
+    """Its unique id; derived from the scope, key and position inside a durable handler."""
     ts: str
+    """When it was published: an RFC 3339 UTC timestamp."""
     node: str
+    """The ``CNERIUM_NODE_ID`` of the process that published it."""
 
     @property
     def type(self) -> str:
@@ -105,10 +112,16 @@ class _FactoryOrFlag:
 
 
 class RealtimeConfig:
-    """Whether realtime is on, its WebSocket endpoint, and the public host and port."""
+    """Whether realtime is on, its WebSocket endpoint, and the public host and port.
+
+    Immutable. Fields: ``enabled``, ``endpoint``, ``host``, ``port`` (``host``/``port`` are
+    the address clients are told to use; no second server is started).
+    """
 
     __slots__ = ("_enabled", "endpoint", "host", "port")
     enabled = _FactoryOrFlag()
+    """On the class, ``RealtimeConfig.enabled(endpoint="/ws", host="0.0.0.0", port=None)``
+    builds a config with realtime on; on an instance, whether realtime is on (a bool)."""
 
     def __init__(self, enabled: bool = False, endpoint: str = "/ws", host: str = "0.0.0.0",
                  port: int | None = None) -> None:
