@@ -29,9 +29,12 @@ PROCESSES = 4
 THREADS = 16
 
 
+@pytest.mark.parametrize("start", ["started", "cold"])
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
-def test_one_key_from_many_threads_and_processes_runs_once(live_server, backend):
-    prepare(backend)
+def test_one_key_from_many_threads_and_processes_runs_once(live_server, backend, start):
+    """``cold``: no table exists yet, every worker starts Cnerium lazily inside the race."""
+    if start == "started":
+        prepare(backend)
     env = app_env(backend.data_dir, mode=backend.mode, database_url=backend.database_url,
                   store_url=backend.store_url)
     servers = [live_server(env, wait=False) for _ in range(PROCESSES)]
