@@ -40,7 +40,11 @@ RETRY_AFTER = 1
 
 
 class DurableRequest:
-    """What a durable handler sees of its request."""
+    """What a durable handler sees of its request.
+
+    Attributes: ``idempotency_key`` (the parsed key), ``operation`` (the route's operation
+    name), ``view_args`` (the URL variables) and ``flask_request`` (the Flask request).
+    """
 
     def __init__(self, flask_request: Request, key: str, operation: str,
                  view_args: Mapping[str, Any]) -> None:
@@ -79,7 +83,11 @@ class DurableRequest:
 
 
 class DurableResponse:
-    """A durable handler's response: status, body (JSON-able, str or bytes) and headers."""
+    """A durable handler's response: status, body (JSON-able, str or bytes) and headers.
+
+    ``media_type`` overrides the Content-Type (JSON bodies default to ``application/json``,
+    ``str`` to ``text/plain``, ``bytes`` to ``application/octet-stream``).
+    """
 
     def __init__(self, status: int, body: Any = None, headers: Mapping[str, str] | None = None,
                  *, media_type: str | None = None) -> None:
@@ -106,17 +114,17 @@ class DurableResponse:
 
     @classmethod
     def ok(cls, body: Any) -> DurableResponse:
-        """200 OK."""
+        """200 OK with ``body``."""
         return cls(200, body)
 
     @classmethod
     def created(cls, body: Any) -> DurableResponse:
-        """201 Created."""
+        """201 Created with ``body``."""
         return cls(201, body)
 
     @classmethod
     def accepted(cls, body: Any) -> DurableResponse:
-        """202 Accepted."""
+        """202 Accepted with ``body``: the work was queued, not done."""
         return cls(202, body)
 
     @classmethod

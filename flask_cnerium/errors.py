@@ -28,10 +28,16 @@ class LeaseLostError(CneriumError):
 
 
 class ProblemError(exceptions.HTTPException):
-    """An HTTP error answered as ``application/problem+json``."""
+    """An HTTP error answered as ``application/problem+json``.
+
+    ``detail`` is the problem's ``detail``; ``status`` overrides the class's code (e.g. 422
+    for ``CNERIUM_MISMATCH_STATUS``); ``retry_after`` adds a ``Retry-After`` header.
+    """
 
     slug = "about:blank"
+    """The last path segment of the problem ``type`` URI: the docs page explaining it."""
     title: str | None = None
+    """The problem's ``title``; ``None`` means the status phrase."""
 
     def __init__(self, detail: str, *, status: int | None = None,
                  retry_after: int | None = None) -> None:
@@ -41,13 +47,14 @@ class ProblemError(exceptions.HTTPException):
         self.retry_after = retry_after
 
     def get_response(self, environ=None, scope=None):
+        """The problem document as a response, with ``Retry-After`` when one was given."""
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
         return problem_response(self.code, self.description, problem_type(self.slug),
                                 self.title, headers)
 
 
 class IdempotencyKeyMissing(ProblemError):
-    """The request carried no idempotency key."""
+    """The request carried no idempotency key: 400 ``idempotency-key-missing``."""
 
     code = 400
     slug = "idempotency-key-missing"
@@ -55,7 +62,8 @@ class IdempotencyKeyMissing(ProblemError):
 
 
 class IdempotencyKeyInvalid(ProblemError):
-    """The idempotency key is empty, too long, or not visible ASCII."""
+    """The idempotency key is empty, too long, or not visible ASCII: 400
+    ``idempotency-key-invalid``."""
 
     code = 400
     slug = "idempotency-key-invalid"
@@ -63,7 +71,8 @@ class IdempotencyKeyInvalid(ProblemError):
 
 
 class IdempotencyKeyReused(ProblemError):
-    """The key was already used with another request (body, operation or path)."""
+    """The key was already used with another request (body, operation, method, path or media
+    type): 409, or ``CNERIUM_MISMATCH_STATUS``, ``idempotency-key-reused``."""
 
     code = 409
     slug = "idempotency-key-reused"
@@ -71,7 +80,8 @@ class IdempotencyKeyReused(ProblemError):
 
 
 class RequestInProgress(ProblemError):
-    """A request with the same key is still being handled."""
+    """A request with the same key is still being handled: 409 ``request-in-progress`` with
+    ``Retry-After``."""
 
     code = 409
     slug = "request-in-progress"
@@ -79,7 +89,8 @@ class RequestInProgress(ProblemError):
 
 
 class StoreUnavailable(ProblemError):
-    """The idempotency store is unreachable or stayed locked past its timeout."""
+    """The idempotency store is unreachable or stayed locked past its timeout: 503
+    ``store-unavailable`` with ``Retry-After``."""
 
     code = 503
     slug = "store-unavailable"
@@ -87,7 +98,8 @@ class StoreUnavailable(ProblemError):
 
 
 class InvalidBody(ProblemError):
-    """The request body is not what the handler asked for (e.g. not a JSON object)."""
+    """The request body is not what the handler asked for (e.g. not a JSON object): 400
+    ``invalid-body``."""
 
     code = 400
     slug = "invalid-body"

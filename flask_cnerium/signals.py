@@ -23,7 +23,8 @@ durable_rejected = _signals.signal("durable-rejected")
 ``reason`` (``idempotency-key-missing``, ``idempotency-key-invalid``, ``store-unavailable``)."""
 
 event_emitted = _signals.signal("event-emitted")
-"""An event was published to the realtime layer. Sent with ``event`` and ``room``."""
+"""An event was published to the realtime layer (inside a durable handler: after its record
+committed). Sent with ``event`` (a ``PublishedEvent``) and ``room`` (``None``: broadcast)."""
 
 client_connected = _signals.signal("client-connected")
 """A WebSocket client connected. Sent with ``connection``."""
