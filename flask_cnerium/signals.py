@@ -27,10 +27,12 @@ event_emitted = _signals.signal("event-emitted")
 committed). Sent with ``event`` (a ``PublishedEvent``) and ``room`` (``None``: broadcast)."""
 
 client_connected = _signals.signal("client-connected")
-"""A WebSocket client connected. Sent with ``connection``."""
+"""A WebSocket client connected. Sent with ``connection`` (``.id``, ``.remote_addr``,
+``.rooms``)."""
 
 client_disconnected = _signals.signal("client-disconnected")
-"""A WebSocket client went away. Sent with ``connection`` and ``reason``."""
+"""A WebSocket client went away. Sent with ``connection`` and ``reason``: ``"closed by the
+client (<code>)"``, ``"closed by the server (<code>: <reason>)"`` or ``"connection lost"``."""
 
 client_subscribed = _signals.signal("client-subscribed")
 """A WebSocket client joined a room. Sent with ``connection`` and ``room``."""
