@@ -188,8 +188,8 @@ class Cnerium:
         return emit(self._emitting_app(), check_room(room), event_or_type, payload)
 
     def _emitting_app(self) -> Flask:
-        if has_app_context() and current_app.extensions.get("cnerium", None) is not None \
-                and current_app.extensions["cnerium"].extension is self:
+        state = current_app.extensions.get("cnerium") if has_app_context() else None
+        if state is not None and state.extension is self:
             return current_app._get_current_object()
         apps = list(self._apps)
         if len(apps) != 1:
