@@ -128,9 +128,13 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Ownership of a key while its handler runs; completing or releasing needs ``owner``."""
+    """Ownership of a key while its handler runs; completing or releasing needs ``owner``.
 
-    id: int
+    ``id`` is ``None`` for a claim not yet written (shared SQLite: the record is inserted
+    once, completed, at the end of the transaction that holds the write lock).
+    """
+
+    id: int | None
     scope: str
     key: str
     owner: str
@@ -344,6 +348,8 @@ class Store:
         self._running: Counter[tuple[str, str]] = Counter()
         self._running_lock = threading.Lock()
         self._sql = self._prepare_sql(database.param)
+        # Behind the writer lock nobody else can insert: write the record once, completed.
+        self._claims_deferred = shared and self.is_sqlite
 
     def _lock_path(self) -> str | None:
         path = self.database.database
@@ -359,6 +365,11 @@ class Store:
                       f"expires_at) VALUES ({p}, {p}, {p}, {p}, {p}, '{IN_PROGRESS}', {p}, {p}, "
                       f"{p}, {p}, {p}) ON CONFLICT (scope, idempotency_key) DO NOTHING "
                       f"RETURNING id",
+            "insert_completed": f"INSERT INTO {t} (scope, idempotency_key, operation, "
+                                f"fingerprint, raw_fingerprint, state, node_id, owner, "
+                                f"created_at, status, headers, body, expires_at) VALUES ({p}, "
+                                f"{p}, {p}, {p}, {p}, '{COMPLETED}', {p}, {p}, {p}, {p}, {p}, "
+                                f"{p}, {p})",
             "takeover": f"UPDATE {t} SET operation = {p}, fingerprint = {p}, "
                         f"raw_fingerprint = {p}, state = '{IN_PROGRESS}', node_id = {p}, "
                         f"owner = {p}, lease_expires_at = {p}, created_at = {p}, "
@@ -409,10 +420,15 @@ class Store:
 
     def _answer_from_store(self, scope: str, key: str, fingerprint: Fingerprint
                            ) -> Outcome | None:
-        """The lock-free read: a cached or stored completed record answers most retries."""
+        """The lock-free read: a cached or stored completed record answers most retries.
+
+        On a shared SQLite database only the cache is asked: the read is repeated inside the
+        write transaction anyway, and one fewer statement per first execution is measurably
+        faster there (``docs/performance.md``).
+        """
         now = time.time()
         record = self._cache.get(scope, key, now)
-        if record is None:
+        if record is None and not self._claims_deferred:
             with self._guard():
                 record = self._select(scope, key)
         verdict = judge(record, fingerprint, now)
@@ -544,6 +560,8 @@ class Store:
         values = (operation, fingerprint.canonical, fingerprint.raw)
         lease = now + self.lock_timeout
         bounded = wait is not None and not self.is_sqlite
+        if record is None and self._claims_deferred:
+            return Claim(None, scope, key, owner, *values)
         if bounded:  # a twin's uncommitted claim makes us wait; never longer than ``wait``
             self.database.execute_sql("SET LOCAL lock_timeout = %d" % int(wait * 1000))
         if record is not None:
@@ -561,8 +579,17 @@ class Store:
 
     def _complete(self, claim: Claim, response: StoredResponse) -> Record | None:
         """Store the response if the claim is still ours; the completed record, else ``None``."""
-        expires_at = time.time() + self.ttl
+        now = time.time()
+        expires_at = now + self.ttl
         headers = json.dumps(response.headers)
+        if claim.id is None:
+            cursor = self.database.execute_sql(self._sql["insert_completed"], (
+                claim.scope, claim.key, claim.operation, claim.fingerprint,
+                claim.raw_fingerprint, self.node_id, claim.owner, now, response.status,
+                headers, response.body, expires_at))
+            return Record(cursor.lastrowid, claim.operation, claim.fingerprint,
+                          claim.raw_fingerprint, COMPLETED, claim.owner, None, expires_at,
+                          response)
         cursor = self.database.execute_sql(
             self._sql["complete"], (response.status, headers, response.body, expires_at,
                                     claim.id, claim.owner))
