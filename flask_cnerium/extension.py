@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import weakref
@@ -49,10 +50,23 @@ class CneriumState:
                 where = "(shared database)" if self.database else settings.database_url
                 log.error("Cnerium could not open its store %s: %s", redact_url(where), exc)
                 return False
-            self.realtime = start_hub(settings)
+            try:
+                self.realtime = start_hub(settings, store.database)
+            except Exception:  # a broker that cannot work here (e.g. NOTIFY on SQLite)
+                store.close()
+                raise
             self.settings, self.store = settings, store
             log.info("Cnerium started for %s (node %s).", settings.name, settings.node_id)
             return True
+
+    def stop(self) -> None:
+        """Stop realtime (its broker's listener) and close the store; ``start`` may follow."""
+        with self._lock:
+            if self.realtime is not None:
+                self.realtime.stop()
+            if self.store is not None:
+                self.store.close()
+            self.settings = self.store = self.realtime = None
 
     def _open_store(self, settings: Settings) -> Store:
         shared = self.database is not None
@@ -150,7 +164,8 @@ class Cnerium:
     def _add_route(self, app: Flask, rule: str, operation: str, handler: Callable,
                    options: dict) -> None:
         options = dict(options)
-        options.setdefault("endpoint", handler.__name__)
+        name = handler.__name__
+        options.setdefault("endpoint", name if name.isidentifier() else operation)
         app.add_url_rule(rule, view_func=make_view(self, operation, handler), methods=["POST"],
                          **options)
 
@@ -167,7 +182,12 @@ class Cnerium:
         if self._scope_function is None:
             return ""
         scope = self._scope_function()
-        return "" if scope is None else str(scope)
+        if scope is None:
+            return ""
+        scope = str(scope)
+        if len(scope) > 255:  # the column's size; a digest keeps long scopes apart
+            scope = "sha256:" + hashlib.sha256(scope.encode()).hexdigest()
+        return scope
 
     # -- realtime events -----------------------------------------------------------------
 

@@ -70,3 +70,17 @@ def test_scope_may_be_any_value_and_is_compared_as_text(make_app):
     post(client, ORDER)
     assert records(app)[0].scope == "42"
     assert post(client, ORDER).headers["Idempotent-Replayed"] == "true"
+
+
+@pytest.mark.parametrize("backend", ["sqlite-separate", "pg-shared"], indirect=True)
+def test_scopes_longer_than_the_column_stay_apart(make_app, backend):
+    app = make_app(**backend.app_kwargs())
+    user = {"id": "a" * 300}
+    app.extensions["cnerium"].extension.key_scope(lambda: user["id"])
+    client = app.test_client()
+    assert post(client, ORDER).status_code == 201
+    user["id"] = "a" * 299 + "b"  # same 255-character prefix, another scope
+    second = post(client, ORDER)
+    assert second.status_code == 201 and "Idempotent-Replayed" not in second.headers
+    assert post(client, ORDER).headers["Idempotent-Replayed"] == "true"
+    assert orders(app) == 2
