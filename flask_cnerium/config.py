@@ -116,7 +116,7 @@ class AppConfig:
     """
 
     environment: str = "development"
-    _keys: dict[str, object] = field(default_factory=dict, repr=False)
+    _keys: dict[str, object] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def development(cls) -> AppConfig:

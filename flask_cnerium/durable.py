@@ -25,7 +25,7 @@ from .errors import (
     StoreUnavailable,
     StreamedResponseError,
 )
-from .problems import PROBLEM_MEDIA_TYPE, problem_body
+from .problems import PROBLEM_MEDIA_TYPE, problem_body, problem_json
 from .realtime import holding_events
 from .store import Fingerprint, Outcome, StoredResponse, Verdict
 
@@ -130,7 +130,8 @@ class DurableResponse:
     @classmethod
     def problem(cls, status: int, detail: str, type: str = "about:blank") -> DurableResponse:
         """An RFC 9457 problem response, stored and replayed like any other."""
-        return cls(status, problem_body(status, detail, type), media_type=PROBLEM_MEDIA_TYPE)
+        return cls(status, problem_json(problem_body(status, detail, type)),
+                   media_type=PROBLEM_MEDIA_TYPE)
 
     @classmethod
     def bad_request(cls, detail: str) -> DurableResponse:

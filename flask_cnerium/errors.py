@@ -23,10 +23,6 @@ class StreamedResponseError(CneriumError, TypeError):
     """A durable handler returned a streamed response, which cannot be stored and replayed."""
 
 
-class LeaseLostError(CneriumError):
-    """A claim was taken over by another worker before its handler finished."""
-
-
 class ProblemError(exceptions.HTTPException):
     """An HTTP error answered as ``application/problem+json``.
 

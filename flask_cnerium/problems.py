@@ -13,7 +13,7 @@ PROBLEM_BASE_URI = "https://flask-cnerium.readthedocs.io/en/latest/problems/"
 
 def problem_type(slug: str) -> str:
     """The ``type`` URI of one of the extension's problems: the docs page explaining it."""
-    return PROBLEM_BASE_URI + slug
+    return slug if slug == "about:blank" else PROBLEM_BASE_URI + slug
 
 
 def problem_body(status: int, detail: str, type: str = "about:blank", title: str | None = None,
@@ -28,5 +28,10 @@ def problem_body(status: int, detail: str, type: str = "about:blank", title: str
 def problem_response(status: int, detail: str, type: str = "about:blank",
                      title: str | None = None, headers: dict | None = None) -> Response:
     """A ready ``application/problem+json`` response."""
-    body = json.dumps(problem_body(status, detail, type, title), separators=(",", ":"))
-    return Response(body, status=status, headers=headers, mimetype=PROBLEM_MEDIA_TYPE)
+    return Response(problem_json(problem_body(status, detail, type, title)), status=status,
+                    headers=headers, mimetype=PROBLEM_MEDIA_TYPE)
+
+
+def problem_json(body: dict) -> str:
+    """A problem document as compact JSON, members in RFC 9457's order."""
+    return json.dumps(body, separators=(",", ":"))
