@@ -194,12 +194,15 @@ def _unquote_sf_string(inner: str) -> str:
 
 def fingerprint(operation: str, req: Request) -> Fingerprint:
     """Hash what makes two requests the same: operation, method, path, media type, body."""
-    target = req.path + ("?" + req.query_string.decode("latin-1") if req.query_string else "")
-    head = f"{operation}\n{req.method}\n{target}\n{req.mimetype}\n".encode()
+    environ = req.environ  # read directly: this runs on every request, replays included
+    media_type = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+    query = environ.get("QUERY_STRING", "")
+    target = req.path + ("?" + query if query else "")
+    head = f"{operation}\n{req.method}\n{target}\n{media_type}\n".encode()
     body = req.get_data(cache=True)
     raw = hashlib.sha256(head + body).hexdigest()
     return Fingerprint(raw, lambda: hashlib.sha256(
-        head + canonical_body(req.mimetype, body)).hexdigest())
+        head + canonical_body(media_type, body)).hexdigest())
 
 
 def canonical_body(media_type: str, body: bytes) -> bytes:
@@ -257,18 +260,21 @@ def _handle(app, state, cnerium, operation, handler, view_args) -> Response:
         settings = state.ensure_started(app)
     except StoreError as exc:
         raise _store_unavailable(exc) from None
-    key = parse_key(request.headers.get(settings.idempotency_header), settings.key_max_length)
+    flask_request = request._get_current_object()
+    key = parse_key(flask_request.headers.get(settings.idempotency_header),
+                    settings.key_max_length)
     scope = cnerium.current_scope()
-    durable_request = DurableRequest(request._get_current_object(), key, operation, view_args)
     held: list = []
 
     def run() -> StoredResponse:
+        durable_request = DurableRequest(flask_request, key, operation, view_args)
         with holding_events(held):
             return to_stored(handler(durable_request, **view_args))
 
     try:
-        outcome = state.store.execute(scope, key, operation, fingerprint(operation, request),
-                                      run, lambda: state.publish_held(app, held, scope, key))
+        outcome = state.store.execute(scope, key, operation,
+                                      fingerprint(operation, flask_request), run,
+                                      lambda: state.publish_held(app, held, scope, key))
     except StoreError as exc:
         raise _store_unavailable(exc) from None
     return _answer(app, settings, operation, scope, key, outcome)

@@ -428,11 +428,12 @@ class Store:
         """
         now = time.time()
         record = self._cache.get(scope, key, now)
-        if record is None and not self._claims_deferred:
+        cached = record is not None
+        if not cached and not self._claims_deferred:
             with self._guard():
                 record = self._select(scope, key)
         verdict = judge(record, fingerprint, now)
-        if verdict is Verdict.REPLAYED:
+        if verdict is Verdict.REPLAYED and not cached:
             self._cache.put(scope, key, record)
         return None if verdict is None else Outcome(verdict, record.response)
 
