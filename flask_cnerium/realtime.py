@@ -6,7 +6,9 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import secrets
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -20,6 +22,8 @@ from .events import Event, EventPayload, PublishedEvent
 from .websocket import Fanout
 
 if TYPE_CHECKING:
+    import peewee
+
     from .config import Settings
 
 log = logging.getLogger("flask_cnerium")
@@ -39,11 +43,18 @@ def holding_events(held: list) -> Iterator[list]:
 class RealtimeHub:
     """One app's realtime layer: event ids and messages, the broker, the local fanout."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, database: peewee.Database | None = None) -> None:
         self.settings = settings
         self.fanout = Fanout(settings.queue_size)
-        self.broker = create_broker(settings.broker, self.fanout.deliver)
+        self.broker = create_broker(settings.broker, self.fanout.deliver, settings=settings,
+                                    database=database)
         self._node = json.dumps(settings.node_id)
+        self._new_ids()
+        new_ids = weakref.WeakMethod(self._new_ids)
+        os.register_at_fork(after_in_child=lambda: new_ids() and new_ids()())
+
+    def _new_ids(self) -> None:
+        """A fresh id prefix, also in each child forked after it (gunicorn ``--preload``)."""
         self._id_prefix = secrets.token_hex(6)
         self._counter = itertools.count(1)
 
@@ -51,6 +62,10 @@ class RealtimeHub:
         """Start the broker's listener; returns the hub."""
         self.broker.start()
         return self
+
+    def stop(self) -> None:
+        """Stop the broker's listener and close its connections."""
+        self.broker.stop()
 
     def next_id(self) -> str:
         """A fresh event id, unique to this hub."""
@@ -100,9 +115,13 @@ def held_event_id(scope: str, key: str, position: int) -> str:
     return digest.hexdigest()
 
 
-def start_hub(settings: Settings) -> RealtimeHub | None:
-    """A started hub when ``settings`` enable realtime, else ``None``."""
-    return RealtimeHub(settings).start() if settings.realtime.enabled else None
+def start_hub(settings: Settings, database: peewee.Database | None = None
+              ) -> RealtimeHub | None:
+    """A started hub when ``settings`` enable realtime, else ``None``.
+
+    ``database`` is the store's (the ``postgresql`` broker listens on it).
+    """
+    return RealtimeHub(settings, database).start() if settings.realtime.enabled else None
 
 
 def as_event(event_or_type: Event | str, payload: EventPayload | None) -> Event:
