@@ -73,7 +73,8 @@ class CneriumState:
         database = self.database if shared else open_database(settings.database_url)
         return Store(database, shared=shared, node_id=settings.node_id,
                      ttl=settings.key_ttl, lock_timeout=settings.lock_timeout,
-                     in_flight_wait=settings.in_flight_wait)
+                     in_flight_wait=settings.in_flight_wait,
+                     reopen=None if shared else lambda: open_database(settings.database_url))
 
     def ensure_started(self, app: Flask) -> Settings:
         """The settings, starting Cnerium first if nothing has yet; 503 when storage fails."""

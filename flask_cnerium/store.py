@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -315,6 +316,9 @@ class _LeaseKeeper:
                                 exc_info=True)
 
 
+_INHERITED: list[peewee.Database] = []
+"""Databases a forked child inherited: kept referenced so their connections are never closed."""
+
 _COLUMNS = ("id, operation, fingerprint, raw_fingerprint, state, owner, lease_expires_at, "
             "expires_at, status, headers, body")
 
@@ -327,7 +331,8 @@ class Store:
     """
 
     def __init__(self, database: peewee.Database, *, shared: bool, node_id: str,
-                 ttl: float, lock_timeout: float, in_flight_wait: float) -> None:
+                 ttl: float, lock_timeout: float, in_flight_wait: float,
+                 reopen: Callable[[], peewee.Database] | None = None) -> None:
         if isinstance(database, peewee.Proxy):  # DatabaseProxy, FlaskDB before init_app
             if database.obj is None:
                 raise StoreError("The database proxy given to Cnerium is not initialized: "
@@ -339,17 +344,37 @@ class Store:
         self.ttl = ttl
         self.lock_timeout = lock_timeout
         self.in_flight_wait = in_flight_wait
-        self.model = bind_model(database)
         self.is_sqlite = isinstance(database, peewee.SqliteDatabase)
         self._begin = {"lock_type": "IMMEDIATE"} if self.is_sqlite else {}
-        self._lock = WriterLock(self._lock_path()) if self.is_sqlite else NoWriterLock()
+        self._reopen = reopen
         self._cache = _ResponseCache()
+        self._sql = self._prepare_sql(database.param)
+        self._make_process_state()
+        after_fork = weakref.WeakMethod(self._after_fork)
+        os.register_at_fork(after_in_child=lambda: after_fork() and after_fork()())
+        # Behind the writer lock nobody else can insert: write the record once, completed.
+        self._claims_deferred = shared and self.is_sqlite
+
+    def _make_process_state(self) -> None:
+        """The locks, lease keeper and model of this process (made again in a forked child)."""
+        self.model = bind_model(self.database)
+        self._lock = WriterLock(self._lock_path()) if self.is_sqlite else NoWriterLock()
         self._leases = _LeaseKeeper(self)
         self._running: Counter[tuple[str, str]] = Counter()
         self._running_lock = threading.Lock()
-        self._sql = self._prepare_sql(database.param)
-        # Behind the writer lock nobody else can insert: write the record once, completed.
-        self._claims_deferred = shared and self.is_sqlite
+
+    def _after_fork(self) -> None:
+        """In a child forked after start (gunicorn ``--preload``): nothing of the parent's.
+
+        Locks may have been held by the parent's other threads, and pooled connections are
+        the parent's sessions: the child opens its own and leaves those untouched (closing
+        one here would end the parent's session too).
+        """
+        if self._reopen is not None:
+            _INHERITED.append(self.database)
+            self.database = self._reopen()
+        self._cache = _ResponseCache()
+        self._make_process_state()
 
     def _lock_path(self) -> str | None:
         path = self.database.database
@@ -390,10 +415,17 @@ class Store:
 
     def create_tables(self) -> None:
         """Create the table and its indexes if they do not exist."""
-        with self._guard(), self._connected(), self.database.atomic(**self._begin):
-            if not self.is_sqlite:  # workers starting together would race on the catalog
-                self.database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            self.database.create_tables([self.model], safe=True)
+        with self._guard():
+            opened = self.database.connect(reuse_if_open=True)  # shared: the app's, too
+            try:
+                with self.database.atomic(**self._begin):
+                    if not self.is_sqlite:  # workers starting together race on the catalog
+                        self.database.execute_sql("SELECT pg_advisory_xact_lock(%s)",
+                                                  (SCHEMA_LOCK,))
+                    self.database.create_tables([self.model], safe=True)
+            finally:
+                if opened:  # nothing left open in a process that may fork (--preload)
+                    self.database.close()
 
     def close(self) -> None:
         """Close this store's pooled connections (a shared database is left to the app)."""

@@ -247,13 +247,15 @@ def test_three_processes_deliver_every_event_exactly_once(servers: Servers,
 # -- gunicorn ----------------------------------------------------------------------------
 
 class Gunicorn:
-    """The broker test app under gunicorn: 3 gthread workers behind one port."""
+    """The broker test app under gunicorn: gthread workers (3 by default) behind one port."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, preload: bool) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, preload: bool,
+                 workers: int = 3) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "gunicorn.log"
         self.connections = workdir / "connections"
-        argv = [sys.executable, "-m", "gunicorn", "-w", "3", "-k", "gthread", "--threads", "8",
+        argv = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "gthread",
+                "--threads", "8",
                 "-b", "127.0.0.1:0", "--graceful-timeout", "2", *(["--preload"] * preload),
                 APP + "()"]
         env = {**os.environ, **env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
@@ -263,8 +265,8 @@ class Gunicorn:
             self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         self.port = int(wait_for(self._listening, timeout=30, what="gunicorn to listen"))
-        wait_for(lambda: self.log().count("Booting worker") >= 3, timeout=30,
-                 what="3 gunicorn workers")
+        wait_for(lambda: self.log().count("Booting worker") >= workers, timeout=30,
+                 what=f"{workers} gunicorn workers")
         http_call(self.port, "GET", "/health")
 
     def _listening(self) -> str | None:
@@ -544,3 +546,20 @@ def test_redis_publish_fails_fast_when_redis_is_unreachable() -> None:
         broker.publish(None, "{}")
     assert time.monotonic() - started < 1.5
     broker.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_memory_broker_warns_when_gunicorn_runs_several_workers(tmp_path: Path,
+                                                               workers: int) -> None:
+    env = {"CNERIUM_TEST_NAME": "t" + uuid.uuid4().hex[:10],
+           "CNERIUM_TEST_DATA_DIR": str(tmp_path / "data"), "CNERIUM_TEST_BROKER": "memory"}
+    server = Gunicorn(env, tmp_path / "gunicorn", preload=False, workers=workers)
+    try:
+        assert emit(server.port, "order.created", "starts-cnerium")["emitted"] is True
+        if workers > 1:
+            wait_for(lambda: "gunicorn runs 2 workers" in server.log(), timeout=10,
+                     what="the memory-broker warning")
+        else:
+            assert "CNERIUM_REALTIME_BROKER is 'memory'" not in server.log()
+    finally:
+        server.stop()

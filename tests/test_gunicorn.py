@@ -63,13 +63,14 @@ def gunicorn(tmp_path: Path):
     """Start gunicorn (3 gthread workers) on the durable test app; stop it afterwards."""
     processes = []
 
-    def start(env: dict[str, str]) -> str:
+    def start(env: dict[str, str], preload: bool = False) -> str:
         port = _free_port()
         # --worker-connections: a worker holding 60 connections lets the others accept
         argv = [str(GUNICORN), "-w", str(WORKERS), "-k", "gthread", "--threads", "8",
                 "--worker-connections", "60",
                 "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2",
-                "tests.apps.durable_app:create_app_from_env()"]
+                *(["--preload"] * preload), "tests.apps.durable_app:create_app_from_env()"]
+        env = {**env, "CNERIUM_TEST_START": "1" if preload else "0"}
         process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env},
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    start_new_session=True)
@@ -88,12 +89,17 @@ def gunicorn(tmp_path: Path):
             process.wait()
 
 
-@pytest.mark.parametrize("mode", ["shared", "separate"])
-def test_three_workers_run_each_key_once(gunicorn, pg_url: str, tmp_path: Path,
-                                         mode: str) -> None:
-    store_url = pg_url if mode == "separate" else None
+@pytest.mark.parametrize(("mode", "store", "preload"), [
+    ("shared", "postgresql", False), ("separate", "postgresql", False),
+    ("separate", "postgresql", True), ("separate", "sqlite", True)])
+def test_three_workers_run_each_key_once(gunicorn, pg_url: str, tmp_path: Path, mode: str,
+                                         store: str, preload: bool) -> None:
+    """With --preload, Cnerium starts in the master: each worker must open its own
+    connections and file lock rather than share the master's."""
+    store_url = None if mode == "shared" else pg_url if store == "postgresql" else None
     base = gunicorn(app_env(str(tmp_path), mode=mode, database_url=pg_url,
-                            store_url=store_url, config={"CNERIUM_LOCK_TIMEOUT": 30}))
+                            store_url=store_url, config={"CNERIUM_LOCK_TIMEOUT": 30}),
+                    preload=preload)
     keys = [f"order-{i}" for i in range(KEYS)]
     body = {**ORDER, "sleep": 0.05}
     calls = [lambda key=key: http_post(base, "/orders", body, key) for key in keys
@@ -106,8 +112,9 @@ def test_three_workers_run_each_key_once(gunicorn, pg_url: str, tmp_path: Path,
     by_key: dict[str, list] = defaultdict(list)
     for key, answer in zip([k for k in keys for _ in range(TWINS)], answers, strict=True):
         by_key[key].append(answer)
-    stored = dict(query(pg_url, "SELECT idempotency_key, body FROM cnerium_idempotency "
-                                "WHERE state = 'completed'"))
+    records_url = pg_url if store == "postgresql" else f"sqlite:///{tmp_path}/cnerium.db"
+    stored = dict(query(records_url, "SELECT idempotency_key, body FROM cnerium_idempotency "
+                                     "WHERE state = 'completed'"))
     assert len(stored) == KEYS and len(set(stored.values())) == KEYS
     runs = dict(query(pg_url, "SELECT idempotency_key, COUNT(*) FROM test_orders "
                               "GROUP BY idempotency_key"))

@@ -163,8 +163,11 @@ def app_env(data_dir: str, *, mode: str = "separate", database_url: str | None =
 def create_app_from_env() -> Flask:
     """``create_app`` configured by ``CNERIUM_TEST_*`` environment variables."""
     e = os.environ
-    return create_app(e["CNERIUM_TEST_DATA_DIR"], mode=e.get("CNERIUM_TEST_MODE", "separate"),
+    app = create_app(e["CNERIUM_TEST_DATA_DIR"], mode=e.get("CNERIUM_TEST_MODE", "separate"),
                       database_url=e.get("CNERIUM_TEST_DATABASE"),
                       store_url=e.get("CNERIUM_TEST_STORE_URL"),
                       config=json.loads(e.get("CNERIUM_TEST_CONFIG", "{}")),
                       gate=e.get("CNERIUM_TEST_GATE"))
+    if e.get("CNERIUM_TEST_START") == "1":  # before gunicorn --preload forks the workers
+        assert app.extensions["cnerium"].extension.start()
+    return app
