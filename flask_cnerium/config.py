@@ -37,6 +37,11 @@ DEFAULTS: dict[str, object] = {
 }
 
 
+def default_node_id(pid: int | None = None) -> str:
+    """``<hostname>-<pid>``: the node id of a process that was not given one."""
+    return f"{socket.gethostname()}-{pid or os.getpid()}"
+
+
 @dataclass(frozen=True)
 class Settings:
     """The resolved configuration of one app, read once when Cnerium starts."""
@@ -81,7 +86,7 @@ class Settings:
         return cls(
             name=c["CNERIUM_NAME"] or app.name,
             data_dir=data_dir,
-            node_id=c["CNERIUM_NODE_ID"] or f"{socket.gethostname()}-{os.getpid()}",
+            node_id=c["CNERIUM_NODE_ID"] or default_node_id(),
             database_url=c["CNERIUM_DATABASE"]
             or "sqlite:///" + os.path.join(data_dir, "cnerium.db"),
             idempotency_header=c["CNERIUM_IDEMPOTENCY_HEADER"],

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -15,7 +17,7 @@ from flask import Flask, current_app, has_app_context
 
 from .cli import cnerium_cli
 from .client import register_client
-from .config import DEFAULTS, AppConfig, Settings, realtime_config_keys
+from .config import DEFAULTS, AppConfig, Settings, default_node_id, realtime_config_keys
 from .durable import make_view
 from .errors import StoreError
 from .events import Event, EventPayload, PublishedEvent, RealtimeConfig, check_room
@@ -36,6 +38,19 @@ class CneriumState:
         self.store: Store | None = None
         self.realtime: Any = None
         self._lock = threading.Lock()
+        after_fork = weakref.WeakMethod(self._after_fork)
+        os.register_at_fork(after_in_child=lambda: after_fork() and after_fork()())
+
+    def _after_fork(self) -> None:
+        """A worker forked after start (gunicorn ``--preload``) gets its own default node id."""
+        self._lock = threading.Lock()
+        settings = self.settings
+        if settings is None or settings.node_id != default_node_id(os.getppid()):
+            return  # not started yet, or the node id was configured
+        self.settings = dataclasses.replace(settings, node_id=default_node_id())
+        self.store.node_id = self.settings.node_id
+        if self.realtime is not None:
+            self.realtime.use_settings(self.settings)
 
     def start(self, app: Flask) -> bool:
         """Open the store (creating its table) and start realtime; ``False`` if storage fails."""

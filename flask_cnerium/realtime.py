@@ -53,6 +53,11 @@ class RealtimeHub:
         new_ids = weakref.WeakMethod(self._new_ids)
         os.register_at_fork(after_in_child=lambda: new_ids() and new_ids()())
 
+    def use_settings(self, settings: Settings) -> None:
+        """Adopt new settings (a forked worker's own node id)."""
+        self.settings = settings
+        self._node = json.dumps(settings.node_id)
+
     def _new_ids(self) -> None:
         """A fresh id prefix, also in each child forked after it (gunicorn ``--preload``)."""
         self._id_prefix = secrets.token_hex(6)

@@ -116,6 +116,10 @@ def test_three_workers_run_each_key_once(gunicorn, pg_url: str, tmp_path: Path, 
     stored = dict(query(records_url, "SELECT idempotency_key, body FROM cnerium_idempotency "
                                      "WHERE state = 'completed'"))
     assert len(stored) == KEYS and len(set(stored.values())) == KEYS
+    worker_pids = {a.headers["x-test-pid"] for a in answers}
+    node_pids = {node.rsplit("-", 1)[1] for (node,) in query(
+        records_url, "SELECT DISTINCT node_id FROM cnerium_idempotency")}
+    assert node_pids <= worker_pids, "records stamped with another process's node id"
     runs = dict(query(pg_url, "SELECT idempotency_key, COUNT(*) FROM test_orders "
                               "GROUP BY idempotency_key"))
     assert runs == {key: 1 for key in keys}
