@@ -1,32 +1,42 @@
-"""The browser client, served under ``/_cnerium/``, and the build of its plain-script form.
+"""The browser client, served under ``/_cnerium/``, and its plain-script form.
 
-``cnerium.js`` is the one source (an ES module). ``cnerium.umd.js`` is generated from it
-by ``python -m flask_cnerium.client``: the same code wrapped to expose ``window.Cnerium``.
+``cnerium.js`` is the one source (an ES module). ``cnerium.umd.js`` is made from it when
+first asked for: the same code wrapped to expose ``window.Cnerium``.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 import re
 from pathlib import Path
 
-from flask import Blueprint, Flask
-
-log = logging.getLogger("flask_cnerium")
+from flask import Blueprint, Flask, Response
 
 CLIENT_URL_PATH = "/_cnerium"
 """Where the client's files are served: ``/_cnerium/cnerium.js`` and ``cnerium.umd.js``."""
 
 STATIC_DIR = Path(__file__).parent / "static"
-"""The folder holding ``cnerium.js`` and its generated ``cnerium.umd.js``."""
+"""The folder holding ``cnerium.js``."""
 
 _EXPORTS = re.compile(r"^export default \{(?P<names>[^}]*)\};\n", re.MULTILINE)
 
 
 def client_blueprint() -> Blueprint:
     """A blueprint serving the static browser client under :data:`CLIENT_URL_PATH`."""
-    return Blueprint("cnerium_client", __name__, static_folder=str(STATIC_DIR),
-                     static_url_path="", url_prefix=CLIENT_URL_PATH)
+    blueprint = Blueprint("cnerium_client", __name__, static_folder=str(STATIC_DIR),
+                          static_url_path="", url_prefix=CLIENT_URL_PATH)
+    blueprint.get("/cnerium.umd.js")(serve_umd)
+    return blueprint
+
+
+def serve_umd() -> Response:
+    """``/_cnerium/cnerium.umd.js``: the plain-script build, made once per process."""
+    return Response(_built_umd(), mimetype="text/javascript")
+
+
+@functools.cache
+def _built_umd() -> str:
+    return umd_source((STATIC_DIR / "cnerium.js").read_text(encoding="utf-8"))
 
 
 def register_client(app: Flask) -> None:
@@ -43,21 +53,7 @@ def umd_source(module_source: str) -> str:
     body = _EXPORTS.sub("", module_source)
     body = re.sub(r"^export (function|class|const) ", r"\1 ", body, flags=re.MULTILINE)
     body = "\n".join(("  " + line) if line else line for line in body.rstrip().splitlines())
-    return ("// Generated from cnerium.js by `python -m flask_cnerium.client`: do not edit.\n"
+    return ("// Made from cnerium.js by flask_cnerium.client; edit that file instead.\n"
             "(function (root) {\n  \"use strict\";\n" + body + "\n\n"
             f"  root.Cnerium = {{ {names} }};\n"
             "})(typeof self !== \"undefined\" ? self : this);\n")
-
-
-def build_umd(static_dir: Path = STATIC_DIR) -> Path:
-    """Write ``cnerium.umd.js`` next to ``cnerium.js`` and return its path."""
-    target = static_dir / "cnerium.umd.js"
-    source = (static_dir / "cnerium.js").read_text(encoding="utf-8")
-    target.write_text(umd_source(source), encoding="utf-8")
-    log.info("Wrote %s", target)
-    return target
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    build_umd()

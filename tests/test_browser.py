@@ -20,6 +20,8 @@ from typing import Any, NoReturn
 
 import pytest
 
+from flask_cnerium.client import umd_source
+
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "examples" / "orders" / "app.py"
 ARTIFACTS = REPO / "test-artifacts"
@@ -227,7 +229,8 @@ def test_client_reconnects_resubscribes_and_drops_duplicates(browser: Any) -> No
     """The client alone, on a fake WebSocket: rooms, dedupe, status, backoff, off, close."""
     page = browser.new_page()
     page.add_script_tag(content=FAKE_SOCKET)
-    page.add_script_tag(path=str(REPO / "flask_cnerium" / "static" / "cnerium.umd.js"))
+    page.add_script_tag(content=umd_source(
+        (REPO / "flask_cnerium" / "static" / "cnerium.js").read_text(encoding="utf-8")))
     result = page.evaluate(CLIENT_SCRIPT)
     page.close()
     assert result["log"]["status"] == ["open", "reconnecting", "open", "closed"]

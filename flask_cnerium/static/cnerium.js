@@ -1,6 +1,6 @@
 // cnerium.js: the browser client of flask-cnerium's realtime events (SPEC §3.1).
 // One file, no dependencies. ES module; `cnerium.umd.js` is the same code as a plain
-// script exposing `window.Cnerium` (regenerate it with `python -m flask_cnerium.client`).
+// script exposing `window.Cnerium`, made from this file when first requested.
 //
 //   import { connect } from "/_cnerium/cnerium.js";
 //   const client = connect("/ws", { rooms: ["orders"] });
