@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
+# Run in this order by `make bench`; each prints its tables (add new scripts here).
+BENCH_SCRIPTS := benchmarks/http_bench.py benchmarks/fanout_bench.py benchmarks/memory_bench.py
 
-.PHONY: demo test lint docs clean
+.PHONY: demo test lint docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +28,15 @@ test: lint
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site
+
+$(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
+	$(BIN)/pip install --quiet -r benchmarks/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	@set -e; for script in $(BENCH_SCRIPTS); do \
+		echo "== $$script"; $(BIN)/python $$script; echo; \
+	done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
