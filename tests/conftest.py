@@ -6,6 +6,7 @@ Durable fixtures first; realtime fixtures are appended at the end of this file.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -227,7 +228,11 @@ def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 
 # -- realtime fixtures -------------------------------------------------------------------
 
-from tests.live import RealtimeServer, create_realtime_app  # noqa: E402 - appended section
+from tests.live import (  # noqa: E402 - appended section
+    PrivateRedis,
+    RealtimeServer,
+    create_realtime_app,
+)
 
 
 @pytest.fixture
@@ -251,3 +256,14 @@ def realtime_server(tmp_path: Path) -> Iterator[Callable[..., RealtimeServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A started :class:`PrivateRedis`, stopped when the test ends."""
+    if shutil.which("redis-server") is None:
+        service_unavailable("redis-server (the program)", "not installed")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
@@ -34,7 +33,7 @@ from flask_cnerium import Cnerium
 from flask_cnerium.brokers import BrokerError, create_broker
 from flask_cnerium.brokers.postgres import TABLE
 from tests.conftest import LiveServer, service_unavailable
-from tests.live import Client, wait_for
+from tests.live import Client, PrivateRedis, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -84,59 +83,6 @@ def servers(live_server: Callable[..., LiveServer]) -> Servers:
         return [server.wait_ready() for server in started]
 
     return start
-
-
-class PrivateRedis:
-    """A redis-server of this test's own on a free port: stopped and started at will."""
-
-    def __init__(self, workdir: Path) -> None:
-        if shutil.which("redis-server") is None:
-            service_unavailable("redis-server (the program)", "not installed")
-        self.port = _free_port()
-        self.log_path = workdir / "redis.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        """Start it (again, on the same port) and wait until it answers PING."""
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--daemonize", "no"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._answers, timeout=10, what="the private redis-server to answer")
-
-    def _answers(self) -> bool:
-        assert self.proc.poll() is None, self.log_path.read_text()
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """Stop it and wait until it is gone."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A started :class:`PrivateRedis`, stopped when the test ends."""
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _free_port() -> int:
