@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 # Run in this order by `make bench`; each prints its tables (add new scripts here).
-BENCH_SCRIPTS := benchmarks/http_bench.py benchmarks/fanout_bench.py benchmarks/memory_bench.py
+BENCH_SCRIPTS := benchmarks/http_bench.py benchmarks/scale_bench.py benchmarks/fanout_bench.py \
+                 benchmarks/memory_bench.py
 
 .PHONY: demo test lint docs bench clean
 
