@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 
 import peewee
 import websocket
-from blinker import Signal
+from blinker import ANY, Signal
 from flask import Flask
 from werkzeug.serving import make_server
 
@@ -249,14 +249,16 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10, what: str = "con
 
 
 @contextmanager
-def recording(*watched: Signal) -> Iterator[list[dict[str, Any]]]:
-    """Record every send of ``watched``: the signal's name, the sender and the kwargs."""
+def recording(*watched: Signal, sender: Any = ANY) -> Iterator[list[dict[str, Any]]]:
+    """Record every send of ``watched`` (by ``sender`` only, when given): the signal's name,
+    the sender and the kwargs. Give the sender when other tests' servers may still be
+    closing connections."""
     calls: list[dict[str, Any]] = []
     receivers = []
     for signal in watched:
         def receiver(sender: Any, _name: str = signal.name, **kwargs: Any) -> None:
             calls.append({"signal": _name, "sender": sender, **kwargs})
-        signal.connect(receiver)
+        signal.connect(receiver, sender=sender)
         receivers.append((signal, receiver))
     try:
         yield calls

@@ -140,7 +140,7 @@ def test_a_client_that_stops_reading_is_dropped_and_the_others_get_everything(
                              cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert swarm.stdout.readline().strip() == "ready"
-        with recording(signals.client_connected) as connected:
+        with recording(signals.client_connected, sender=server.app) as connected:
             stalled = server.stalled()
             wait_for(lambda: connected, what="the stalled client's connection")
         slowest = 0.0
@@ -167,7 +167,7 @@ def test_realtime_signals_fire_with_their_arguments(realtime_server: Serve) -> N
     app = server.app
     names = ["client_connected", "client_subscribed", "event_emitted",
              "client_unsubscribed", "client_disconnected"]
-    with recording(*(getattr(signals, name) for name in names)) as calls:
+    with recording(*(getattr(signals, name) for name in names), sender=app) as calls:
         client = server.connect(["orders"])
         server.cnerium.emit_to("orders", "order.paid", {"order_id": "o1"})
         client.expect("order.paid")

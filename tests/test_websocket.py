@@ -105,7 +105,7 @@ def test_a_frame_over_16_times_the_limit_closes_the_socket_with_1009(
         realtime_server: Serve) -> None:
     server = realtime_server(CNERIUM_REALTIME_MAX_FRAME=MAX_FRAME)
     client, other = server.connect(), server.connect()
-    with recording(signals.client_disconnected) as calls:
+    with recording(signals.client_disconnected, sender=server.app) as calls:
         client.ws.send("x" * (16 * MAX_FRAME + 1))
         client.ws.settimeout(5)
         opcode, frame = client.ws.recv_data_frame(True)
