@@ -127,13 +127,14 @@ def episode(clients: Clients, server, n: int, args, runs: Runs, stalled: bool,
     try:
         burst = measure(clients, server, n, args.events, 0, timeout=BURST_CAP)
         runs.burst.append(burst)
-        if not paced:
-            pass
-        elif not wait_idle(server, timeout=IDLE if burst.froze else 30):
-            # The burst's emitting thread is still blocked in a send: so would this phase be.
-            runs.paced.append(Phase(0, n * events_paced(args), float("nan"), float("nan"),
-                                    float("nan"), 0.0, 0.0, "froze"))
-        else:
+        if burst.end != "done" and not wait_idle(server, timeout=IDLE if burst.froze else 10):
+            # Asked to stop, the emitting thread is still blocked in a send: it froze, and so
+            # would the paced phase.
+            burst.end = "froze"
+            if paced:
+                runs.paced.append(Phase(0, n * events_paced(args), float("nan"), float("nan"),
+                                        float("nan"), 0.0, 0.0, "froze"))
+        elif paced:
             clients.settle()
             runs.paced.append(measure(clients, server, n, events_paced(args), RATE,
                                       timeout=args.duration + PACED_TAIL))

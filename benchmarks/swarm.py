@@ -31,6 +31,8 @@ PATHS = {
 }
 _EVENT = re.compile(rb'"p":\s*(\d+),\s*"t":\s*([0-9.eE+-]+)')
 RECV = 1 << 18
+STOPPED = 1.0
+"""At the time cap, a phase with no event for this many seconds froze; otherwise it is cut."""
 
 
 def masked(text: bytes, opcode: int = 0x1) -> bytes:
@@ -246,9 +248,12 @@ class Swarm:
         if min(m["group"].counts, default=0) >= m["events"]:
             return "done"
         now = time.monotonic()
-        if now - m["last_progress"] >= m["idle"]:
+        stopped = now - m["last_progress"]
+        if stopped >= m["idle"]:
             return "froze"
-        return "cut" if now >= m["deadline"] else None
+        if now >= m["deadline"]:
+            return "froze" if stopped >= STOPPED else "cut"
+        return None
 
     def _settled(self) -> bool:
         now = time.monotonic()
