@@ -298,9 +298,11 @@ def plot(results: dict, args) -> str:
     ax.set(xlabel="clients in the room (N)", ylabel="delivered messages/s (median)",
            title=f"Fanout burst: {args.events} events to N WebSocket clients",
            xticks=args.clients)
-    ax.set_ylim(bottom=0)
+    top = max(results["burst"][system, n]["rate"] for system in SYSTEMS for n in args.clients)
+    ax.set_ylim(0, top * 1.35 if top == top else None)  # room for the legend (top: not NaN)
+    ax.yaxis.set_major_formatter(lambda value, _: f"{value / 1000:g}k")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
