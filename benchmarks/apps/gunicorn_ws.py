@@ -11,6 +11,8 @@ from __future__ import annotations
 import socket
 
 SNDBUF = 64 * 1024
+control_socket_disable = True
+"""gunicorn 27+: no control socket (every instance would share ~/.gunicorn/gunicorn.ctl)."""
 
 
 def when_ready(server) -> None:
