@@ -218,23 +218,27 @@ def canonical_body(media_type: str, body: bytes) -> bytes:
     return body
 
 
-def to_stored(rv: Any) -> StoredResponse:
-    """Turn whatever the handler returned into status, headers and body bytes."""
+def to_response(rv: Any) -> Response:
+    """The Flask response for whatever the handler returned; streamed ones are refused."""
     response = rv.to_response() if isinstance(rv, DurableResponse) else \
         current_app.make_response(rv)
     if response.is_streamed:
         raise StreamedResponseError(
             "A durable handler returned a streamed response, which cannot be stored and "
             "replayed. Return the whole body (a dict, str, bytes or DurableResponse).")
+    return response
+
+
+def to_stored(response: Response) -> StoredResponse:
+    """Status, headers and body bytes of ``response``, as the store keeps them."""
     headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
     return StoredResponse(response.status_code, headers, response.get_data())
 
 
-def from_stored(stored: StoredResponse, replayed: bool) -> Response:
-    """A Flask response carrying a stored response, byte for byte."""
+def replay(stored: StoredResponse) -> Response:
+    """The stored response, byte for byte, marked ``Idempotent-Replayed: true``."""
     response = Response(stored.body, status=stored.status, headers=stored.headers)
-    if replayed:
-        response.headers[REPLAY_HEADER] = "true"
+    response.headers[REPLAY_HEADER] = "true"
     return response
 
 
@@ -265,11 +269,13 @@ def _handle(app, state, cnerium, operation, handler, view_args) -> Response:
                     settings.key_max_length)
     scope = cnerium.current_scope()
     held: list = []
+    made: list[Response] = []  # the handler's own response, sent as is when it ran
 
     def run() -> StoredResponse:
         durable_request = DurableRequest(flask_request, key, operation, view_args)
         with holding_events(held):
-            return to_stored(handler(durable_request, **view_args))
+            made.append(to_response(handler(durable_request, **view_args)))
+        return to_stored(made[0])
 
     try:
         outcome = state.store.execute(scope, key, operation,
@@ -277,7 +283,7 @@ def _handle(app, state, cnerium, operation, handler, view_args) -> Response:
                                       lambda: state.publish_held(app, held, scope, key))
     except StoreError as exc:
         raise _store_unavailable(exc) from None
-    return _answer(app, settings, operation, scope, key, outcome)
+    return _answer(app, settings, operation, scope, key, outcome, made)
 
 
 def _store_unavailable(exc: StoreError) -> StoreUnavailable:
@@ -286,7 +292,8 @@ def _store_unavailable(exc: StoreError) -> StoreUnavailable:
                             retry_after=RETRY_AFTER)
 
 
-def _answer(app, settings, operation: str, scope: str, key: str, outcome: Outcome) -> Response:
+def _answer(app, settings, operation: str, scope: str, key: str, outcome: Outcome,
+            made: list[Response]) -> Response:
     verdict = outcome.verdict
     details = {"operation": operation, "key": key, "scope": scope}
     if verdict is Verdict.MISMATCH:
@@ -298,6 +305,8 @@ def _answer(app, settings, operation: str, scope: str, key: str, outcome: Outcom
         signals.durable_conflict.send(app, reason=verdict.value, **details)
         raise RequestInProgress("A request with this idempotency key is still being handled; "
                                 "retry after it completes.", retry_after=RETRY_AFTER)
-    sent = signals.durable_replayed if verdict is Verdict.REPLAYED else signals.durable_executed
-    sent.send(app, status=outcome.response.status, **details)
-    return from_stored(outcome.response, replayed=verdict is Verdict.REPLAYED)
+    if verdict is Verdict.EXECUTED:
+        signals.durable_executed.send(app, status=outcome.response.status, **details)
+        return made[0]
+    signals.durable_replayed.send(app, status=outcome.response.status, **details)
+    return replay(outcome.response)

@@ -551,7 +551,7 @@ class Store:
                                 wait):
         in_handler = False
         try:
-            with self.database.atomic(**self._begin):
+            with self._transaction():
                 claim = None
                 while claim is None:
                     record = self._select(scope, key)
@@ -681,6 +681,14 @@ class Store:
         finally:
             if opened and not self.database.in_transaction():
                 self.database.close()
+
+    def _transaction(self) -> peewee._callable_context_manager:
+        """The write transaction: peewee's own, so a handler's ``atomic()`` nests inside it as
+        a savepoint; a plain transaction rather than ``atomic()`` when none is open yet (one
+        layer fewer on every first execution)."""
+        if self.database.transaction_depth():
+            return self.database.atomic()
+        return self.database.transaction(**self._begin)
 
     @contextmanager
     def _write(self) -> Iterator[None]:
