@@ -1,9 +1,10 @@
 """Scale: durable latency with 10^3, 10^5 and 10^6 stored records; purge of 10^6 expired rows.
 
 Each size gets a fresh SQLite database shared by the app and the store, filled with that
-many completed records. Latency is measured in-process (WSGI calls, no network) so that
-only the store's scaling shows: first execution (a fresh key) and replay of stored keys
-that are not in the process cache (each replayed once, so every replay reads the database).
+many completed records; the sizes are measured in interleaved rounds. Latency is measured
+in-process (WSGI calls, no network) so that only the store's scaling shows: first execution
+(a fresh key) and replay of stored keys that are not in the process cache (each replayed
+once, so every replay reads the database).
 Then every record is expired and ``Store.purge`` runs while a writer thread keeps making
 durable POSTs; the longest time one of those POSTs took is the purge's stall.
 Uses --rounds (repetitions of each latency sample) and --events (requests per sample).
@@ -30,13 +31,17 @@ from flask_cnerium import Cnerium, created
 from flask_cnerium.durable import canonical_body
 
 SIZES = (1_000, 100_000, 1_000_000)
+CACHE_MIB = int(os.environ.get("SCALE_CACHE_MIB", "0"))
+"""SQLite page cache per connection for the app's database; 0 keeps SQLite's 2 MiB."""
 BODY = b'{"name": "bench"}'
 
 
 def make_app(data_dir: str) -> Flask:
     """An app whose durable route inserts one row; store shared with the app's database."""
-    db = peewee.SqliteDatabase(os.path.join(data_dir, "app.db"), timeout=5,
-                               pragmas={"journal_mode": "wal", "synchronous": "normal"})
+    pragmas = {"journal_mode": "wal", "synchronous": "normal"}
+    if CACHE_MIB:
+        pragmas["cache_size"] = -1024 * CACHE_MIB
+    db = peewee.SqliteDatabase(os.path.join(data_dir, "app.db"), timeout=5, pragmas=pragmas)
     db.execute_sql("CREATE TABLE IF NOT EXISTS item (id INTEGER PRIMARY KEY, name TEXT)")
     app = Flask(__name__)
     app.config["CNERIUM_DATA_DIR"] = data_dir
@@ -101,18 +106,16 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98]
 
 
-def measure_size(count: int, args) -> tuple[dict, str]:
-    """Latency figures at ``count`` stored records; returns them and the data dir."""
-    data_dir = tempfile.mkdtemp(prefix=f"cnerium-scale-{count}-")
-    app = make_app(data_dir)
-    fill(data_dir, count)
-    first, replay = [], []
+def measure(apps: dict[int, Flask], args) -> dict[int, dict[str, list[float]]]:
+    """Latencies at each size, the sizes interleaved round by round (A B C A B C …)."""
+    results = {count: {"first": [], "replay": []} for count in apps}
     for round_ in range(args.rounds):
-        fresh = [f"new-{round_}-{i}" for i in range(args.events)]
-        stored = [f"k{random.randrange(count)}" for _ in range(args.events)]
-        first += timed(lambda k: post(app, k), fresh)
-        replay += timed(lambda k: post(app, k), stored)
-    return {"first": first, "replay": replay}, data_dir
+        for count, app in apps.items():
+            fresh = [f"new-{round_}-{i}" for i in range(args.events)]
+            stored = [f"k{random.randrange(count)}" for _ in range(args.events)]
+            results[count]["first"] += timed(lambda k, app=app: post(app, k), fresh)
+            results[count]["replay"] += timed(lambda k, app=app: post(app, k), stored)
+    return results
 
 
 def purge_with_writer(data_dir: str) -> tuple[float, int, float]:
@@ -146,15 +149,22 @@ def purge_with_writer(data_dir: str) -> tuple[float, int, float]:
 
 def main() -> None:
     args = parse_args(__doc__, rounds=3, events=300)
-    results, largest_dir = {}, None
+    apps, data_dirs = {}, {}
     for count in SIZES:
-        results[count], largest_dir = measure_size(count, args)
+        data_dirs[count] = tempfile.mkdtemp(prefix=f"cnerium-scale-{count}-")
+        apps[count] = make_app(data_dirs[count])
+        fill(data_dirs[count], count)
+        post(apps[count], "warm-up")
+    results = measure(apps, args)
+    largest_dir = data_dirs[SIZES[-1]]
     rows = []
     for count, r in results.items():
         rows.append((f"{count:,}", statistics.median(r["first"]), p99(r["first"]),
                      statistics.median(r["replay"]), p99(r["replay"])))
+    cache = f"{CACHE_MIB} MiB" if CACHE_MIB else "SQLite's default 2 MiB"
     print(f"Scale: in-process durable POST latency (ms), {args.rounds} x {args.events} "
-          "requests per size; replays read the database (never the cache)")
+          f"requests per size; replays read the database (never the cache); page cache "
+          f"{cache} (SCALE_CACHE_MIB)")
     print(table(["records", "first p50", "first p99", "replay p50", "replay p99"], rows))
     small, large = results[SIZES[0]], results[SIZES[-1]]
     first_ratio = statistics.median(large["first"]) / statistics.median(small["first"])
