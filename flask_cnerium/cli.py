@@ -64,7 +64,7 @@ def purge_command(batch_size: int) -> None:
 def stats_command() -> None:
     """Records by operation and state, the oldest and newest, and the store's size."""
     store = _open_store()
-    with _store_errors(), _connection(store):
+    with _store_errors(), store.connection():
         rows = _counts(store)
         oldest, newest = _created_span(store)
         size = _size(store)
@@ -83,7 +83,7 @@ def show_command(key: str, scope: str) -> None:
     """Print one record and its stored response; exit 1 when there is none."""
     store = _open_store()
     model = store.model
-    with _store_errors(), _connection(store):
+    with _store_errors(), store.connection():
         record = model.get_or_none((model.scope == scope) & (model.key == key))
     if record is None:
         raise click.ClickException(f"No record for key {key!r} in {_scope_name(scope)}.")
@@ -118,17 +118,6 @@ def _store_errors() -> Iterator[None]:
     except (StoreError, peewee.PeeweeException, OSError) as exc:
         log.debug("Cnerium store command failed.", exc_info=True)
         raise click.ClickException(f"The Cnerium store failed: {exc}") from None
-
-
-@contextmanager
-def _connection(store: Store) -> Iterator[None]:
-    """A connection for the model queries below, handed back (or closed) afterwards."""
-    opened = store.database.connect(reuse_if_open=True)
-    try:
-        yield
-    finally:
-        if opened and not store.database.in_transaction():
-            store.database.close()
 
 
 def _describe(store: Store) -> str:
@@ -166,7 +155,7 @@ def _purge(store: Store, batch_size: int, advance: Callable[[int], object]
 
 def _purge_with_bar(store: Store, batch_size: int) -> tuple[int, int]:
     """:func:`_purge` behind a progress bar sized by a count of the purgeable records."""
-    with _store_errors(), _connection(store):
+    with _store_errors(), store.connection():
         total = _purgeable(store).count()
     with click.progressbar(length=total, label="Purging expired records") as bar:
         return _purge(store, batch_size, bar.update)

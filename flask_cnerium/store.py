@@ -181,7 +181,6 @@ class Outcome:
 
     verdict: Verdict
     response: StoredResponse | None = None
-    stored: bool = True
 
 
 def judge(record: Record | None, fingerprint: Fingerprint, now: float) -> Verdict | None:
@@ -264,7 +263,8 @@ class _ResponseCache:
     def get(self, scope: str, key: str, now: float) -> Record | None:
         record = self._records.get((scope, key))
         if record is not None and record.expires_at <= now:
-            self._records.pop((scope, key), None)
+            with self._lock:  # put() may be iterating to evict
+                self._records.pop((scope, key), None)
             return None
         return record
 
@@ -415,17 +415,11 @@ class Store:
 
     def create_tables(self) -> None:
         """Create the table and its indexes if they do not exist."""
-        with self._guard():
-            opened = self.database.connect(reuse_if_open=True)  # shared: the app's, too
-            try:
-                with self.database.atomic(**self._begin):
-                    if not self.is_sqlite:  # workers starting together race on the catalog
-                        self.database.execute_sql("SELECT pg_advisory_xact_lock(%s)",
-                                                  (SCHEMA_LOCK,))
-                    self.database.create_tables([self.model], safe=True)
-            finally:
-                if opened:  # nothing left open in a process that may fork (--preload)
-                    self.database.close()
+        # connection(), even when shared: nothing left open in a process that may fork
+        with self._guard(), self.connection(), self._transaction():
+            if not self.is_sqlite:  # workers starting together race on the catalog
+                self.database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            self.database.create_tables([self.model], safe=True)
 
     def close(self) -> None:
         """Close this store's pooled connections (a shared database is left to the app)."""
@@ -445,7 +439,8 @@ class Store:
         """
         with self._connected():
             outcome = self._answer_from_store(scope, key, fingerprint)
-            if outcome is not None and outcome.verdict is not Verdict.IN_PROGRESS:
+            if outcome is not None and (outcome.verdict is not Verdict.IN_PROGRESS
+                                        or not self.in_flight_wait):
                 return outcome
             run = self._execute_shared if self.shared else self._execute_separate
             return run(scope, key, operation, fingerprint, handler, on_commit)
@@ -471,7 +466,6 @@ class Store:
 
     def _execute_separate(self, scope, key, operation, fingerprint, handler, on_commit):
         deadline = time.monotonic() + self.in_flight_wait
-        pause = 0.01
         while True:
             with self._guard(), self._write():
                 record = self._select(scope, key)
@@ -479,14 +473,24 @@ class Store:
                 claim = None if verdict else self._claim(scope, key, operation, fingerprint,
                                                          record)
             if claim is not None:
-                break
-            if verdict is Verdict.IN_PROGRESS and time.monotonic() < deadline:
-                time.sleep(pause)
-                pause = min(pause * 2, 0.2)
-                continue
+                return self._run_claimed(claim, handler, on_commit)
+            if verdict is Verdict.IN_PROGRESS:
+                record, verdict = self._wait_for_twin(scope, key, fingerprint, deadline)
             if verdict is not None:
                 return self._decided(scope, key, verdict, record)
-        return self._run_claimed(claim, handler, on_commit)
+            # the twin gave the key up (it failed, or its lease lapsed): try to claim it
+
+    def _wait_for_twin(self, scope: str, key: str, fingerprint: Fingerprint,
+                       deadline: float) -> tuple[Record | None, Verdict | None]:
+        """Re-read (without the writer lock) until the running twin is done or time is up."""
+        pause, record, verdict = 0.01, None, Verdict.IN_PROGRESS
+        while verdict is Verdict.IN_PROGRESS and time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+            with self._guard():
+                record = self._select(scope, key)
+            verdict = judge(record, fingerprint, time.time())
+        return record, verdict
 
     def _run_claimed(self, claim: Claim, handler, on_commit) -> Outcome:
         self._leases.add(claim)
@@ -503,11 +507,11 @@ class Store:
         except StoreError:
             log.error("The response for key %r could not be stored; it is returned unstored "
                       "and its events are dropped.", claim.key, exc_info=True)
-            return Outcome(Verdict.EXECUTED, response, stored=False)
+            return Outcome(Verdict.EXECUTED, response)
         if record is None:
             log.warning("Key %r was taken over while its handler ran; its response is "
                         "returned but not stored.", claim.key)
-            return Outcome(Verdict.EXECUTED, response, stored=False)
+            return Outcome(Verdict.EXECUTED, response)
         self._cache.put(claim.scope, claim.key, record)
         on_commit()
         return Outcome(Verdict.EXECUTED, response)
@@ -669,11 +673,9 @@ class Store:
     # -- plumbing ------------------------------------------------------------------------
 
     @contextmanager
-    def _connected(self) -> Iterator[None]:
-        """A connection for this thread; our own pool's is handed back afterwards."""
-        if self.shared:
-            yield
-            return
+    def connection(self) -> Iterator[None]:
+        """A connection for this thread, handed back (or closed) afterwards if it was opened
+        here; one already open (e.g. by the app for this request) is left as it is."""
         with self._guard():
             opened = self.database.connect(reuse_if_open=True)
         try:
@@ -681,6 +683,16 @@ class Store:
         finally:
             if opened and not self.database.in_transaction():
                 self.database.close()
+
+    @contextmanager
+    def _connected(self) -> Iterator[None]:
+        """:meth:`connection` for our own store; the app's shared database is left to the app
+        on the request path (it manages, or autoconnects, its own connections)."""
+        if self.shared:
+            yield
+            return
+        with self.connection():
+            yield
 
     def _transaction(self) -> peewee._callable_context_manager:
         """The write transaction: peewee's own, so a handler's ``atomic()`` nests inside it as
@@ -696,7 +708,7 @@ class Store:
         if not self._lock.acquire(BUSY_TIMEOUT):
             raise StoreError("The store stayed locked for %.1f s." % BUSY_TIMEOUT)
         try:
-            with self.database.atomic(**self._begin):
+            with self._transaction():
                 yield
         finally:
             self._lock.release()
