@@ -13,13 +13,14 @@ import json
 import os
 import re
 import selectors
+import signal
 import socket
 import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from flask_cnerium import Cnerium, DurableRequest, DurableResponse, created
+from tests.durable_helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 """The repository root (the working directory of helper subprocesses)."""
@@ -222,12 +224,7 @@ class GunicornServer:
 
     def stop(self) -> None:
         """Stop gunicorn (and its worker)."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def read_frames(sock: socket.socket, timeout: float) -> list[tuple[int, bytes]]:
@@ -238,16 +235,6 @@ def read_frames(sock: socket.socket, timeout: float) -> list[tuple[int, bytes]]:
         data += chunk
     return parse_frames(data)
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10, what: str = "condition") -> Any:
-    """Poll ``condition`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-    return result
-
-
 @contextmanager
 def recording(*watched: Signal, sender: Any = ANY) -> Iterator[list[dict[str, Any]]]:
     """Record every send of ``watched`` (by ``sender`` only, when given): the signal's name,
@@ -255,16 +242,16 @@ def recording(*watched: Signal, sender: Any = ANY) -> Iterator[list[dict[str, An
     closing connections."""
     calls: list[dict[str, Any]] = []
     receivers = []
-    for signal in watched:
-        def receiver(sender: Any, _name: str = signal.name, **kwargs: Any) -> None:
+    for watched_signal in watched:
+        def receiver(sender: Any, _name: str = watched_signal.name, **kwargs: Any) -> None:
             calls.append({"signal": _name, "sender": sender, **kwargs})
-        signal.connect(receiver, sender=sender)
-        receivers.append((signal, receiver))
+        watched_signal.connect(receiver, sender=sender)
+        receivers.append((watched_signal, receiver))
     try:
         yield calls
     finally:
-        for signal, receiver in receivers:
-            signal.disconnect(receiver)
+        for watched_signal, receiver in receivers:
+            watched_signal.disconnect(receiver)
 
 
 def parse_frames(data: bytearray) -> list[tuple[int, bytes]]:
@@ -319,6 +306,23 @@ if __name__ == "__main__":
     print(json.dumps(swarm(url, clients, events, timeout=60)), flush=True)
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10, group: bool = False) -> None:
+    """SIGTERM ``proc`` (its whole process group with ``group``), SIGKILL it after
+    ``timeout`` seconds, and wait until it is gone."""
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+
+    if proc.poll() is not None:
+        return
+    send(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait(timeout)
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now, on 127.0.0.1."""
     with socket.socket() as sock:
@@ -359,10 +363,5 @@ class PrivateRedis:
 
     def stop(self) -> None:
         """Stop it and wait until it is gone."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, timeout=5)

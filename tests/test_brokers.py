@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from flask_cnerium import Cnerium
 from flask_cnerium.brokers import BrokerError, create_broker
 from flask_cnerium.brokers.postgres import TABLE
 from tests.conftest import LiveServer, service_unavailable
-from tests.live import Client, PrivateRedis, wait_for
+from tests.live import Client, PrivateRedis, free_port, stop_process, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -83,12 +82,6 @@ def servers(live_server: Callable[..., LiveServer]) -> Servers:
         return [server.wait_ready() for server in started]
 
     return start
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- HTTP and WebSocket helpers ----------------------------------------------------------
@@ -230,13 +223,7 @@ class Gunicorn:
 
     def stop(self) -> None:
         """Stop the master and its workers."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_process(self.proc, group=True)
 
 
 @pytest.mark.parametrize(("broker_env", "preload"),
@@ -486,7 +473,7 @@ def test_redis_broker_without_redis_py_says_how_to_install_it(
 
 
 def test_redis_publish_fails_fast_when_redis_is_unreachable() -> None:
-    broker = create_broker(f"redis://127.0.0.1:{_free_port()}/0", Inbox())
+    broker = create_broker(f"redis://127.0.0.1:{free_port()}/0", Inbox())
     started = time.monotonic()
     with pytest.raises(BrokerError):
         broker.publish(None, "{}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import pytest
 import websocket
 
 from tests.durable_helpers import http_post
-from tests.live import free_port, wait_for
+from tests.live import free_port, stop_process, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 ORDER = {"product_id": "p1", "quantity": 2}
@@ -82,8 +81,7 @@ def test_documented_gunicorn_command_delivers_each_order_once(pg_url: str, broke
     finally:
         for ws in clients:
             ws.close()
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(15)
+        stop_process(server, timeout=15, group=True)
 
 
 def http_get_ok(port: int) -> bool:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +18,11 @@ import pytest
 
 from tests.apps.durable_app import app_env
 from tests.durable_helpers import ORDER, http_post, query, run_together
+from tests.live import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 KEYS, TWINS, WORKERS = 20, 10, 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker_pid(base: str) -> str:
@@ -64,7 +57,7 @@ def gunicorn(tmp_path: Path):
     processes = []
 
     def start(env: dict[str, str], preload: bool = False) -> str:
-        port = _free_port()
+        port = free_port()
         # --worker-connections: a worker holding 60 connections lets the others accept
         argv = [str(GUNICORN), "-w", str(WORKERS), "-k", "gthread", "--threads", "8",
                 "--worker-connections", "60",
@@ -81,12 +74,7 @@ def gunicorn(tmp_path: Path):
 
     yield start
     for process in processes:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process(process, group=True)
 
 
 @pytest.mark.parametrize(("mode", "store", "preload"), [
