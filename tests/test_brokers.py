@@ -194,7 +194,8 @@ class Gunicorn:
         self.log_path = workdir / "gunicorn.log"
         self.connections = workdir / "connections"
         argv = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "gthread",
-                "--threads", "8",
+                "--threads", "32",  # each WebSocket holds a thread: up to 10 sockets
+                # may land on one worker, and an /emit must still find a free thread there
                 "-b", "127.0.0.1:0", "--graceful-timeout", "2", *(["--preload"] * preload),
                 APP + "()"]
         env = {**os.environ, **env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
