@@ -14,12 +14,11 @@ import logging
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import peewee
@@ -103,8 +102,10 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
+# The protocol's values are named tuples: built on every request, and a tuple is built
+# three times faster than a frozen dataclass.
+
+class StoredResponse(NamedTuple):
     """A response as stored: status, header pairs and body bytes."""
 
     status: int
@@ -112,8 +113,7 @@ class StoredResponse:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """A row of the store as the protocol sees it."""
 
     id: int
@@ -127,8 +127,7 @@ class Record:
     response: StoredResponse | None
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
+class Claim(NamedTuple):
     """Ownership of a key while its handler runs; completing or releasing needs ``owner``.
 
     ``id`` is ``None`` for a claim not yet written (shared SQLite: the record is inserted
@@ -175,8 +174,7 @@ class Verdict(enum.Enum):
     IN_PROGRESS = "request-in-progress"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """The verdict and the response to send (``None`` for conflicts)."""
 
     verdict: Verdict
@@ -593,7 +591,7 @@ class Store:
                record: Record | None, wait: float | None = None) -> Claim | None:
         """Insert a claim, or take over an expired record; ``None`` when another won."""
         now = time.time()
-        owner = uuid.uuid4().hex
+        owner = os.urandom(16).hex()
         values = (operation, fingerprint.canonical, fingerprint.raw)
         lease = now + self.lock_timeout
         bounded = wait is not None and not self.is_sqlite
