@@ -51,11 +51,13 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
 class Server:
     """A server process in its own process group, stopped on exit."""
 
-    def __init__(self, argv: Sequence[str], port: int, env: dict | None = None) -> None:
+    def __init__(self, argv: Sequence[str], port: int, env: dict | None = None,
+                 cpu: int | None = None) -> None:
         self.port = port
+        pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
         self.process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})},
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=pin)
         try:
             wait_for_port(port)
         except RuntimeError:

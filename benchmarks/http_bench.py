@@ -3,7 +3,10 @@
 gunicorn gthread (1 worker x 8 threads) serves benchmarks/apps/http_app.py; wrk on loopback
 loads it. (a) plain GET JSON, (b) plain POST with one SQLite insert, (c) the same insert as
 a durable_post with a fresh key per request (store shares the app's database), (d) the
-replay of one stored response. Uses --rounds, --clients (wrk connections), --duration.
+replay of one stored response, and for reference (e) a plain POST with (d)'s body and
+headers that touches no database. With two or more CPUs the server runs on the first and
+wrk (one thread) on the second, so that the load generator does not take the server's CPU.
+Uses --rounds, --clients (wrk connections), --duration.
 """
 
 from __future__ import annotations
@@ -22,17 +25,28 @@ SCENARIOS = {
     "b plain POST insert": ("/plain", "post.lua", {}),
     "c durable POST, fresh key": ("/durable", "fresh_key.lua", {}),
     "d durable replay": ("/durable", "post.lua", {"KEY": "bench-replay"}),
+    "e plain POST, no database": ("/echo", "post.lua", {"KEY": "bench-replay"}),
 }
+CPUS = sorted(os.sched_getaffinity(0))
+PINNED = len(CPUS) >= 2
+"""Server on CPUS[0], wrk on CPUS[1]; on one CPU both share it (wrk with two threads)."""
+
+
+def on_cpu(cpu: int):
+    """A ``preexec_fn`` that pins the child process to ``cpu``."""
+    return lambda: os.sched_setaffinity(0, {cpu})
 
 
 def wrk(port: int, path: str, script: str | None, env: dict, clients: int,
         duration: float) -> tuple[float, float, float]:
     """Run wrk once: requests/s, p50 ms, p99 ms."""
-    argv = ["wrk", "-t2", f"-c{clients}", f"-d{duration:g}s", "--latency"]
+    argv = ["wrk", "-t1" if PINNED else "-t2", f"-c{clients}", f"-d{duration:g}s",
+            "--latency"]
     if script:
         argv += ["-s", os.path.join(APPS, script)]
     out = subprocess.run([*argv, f"http://127.0.0.1:{port}{path}"], capture_output=True,
-                         text=True, env={**os.environ, **env}, check=True).stdout
+                         text=True, env={**os.environ, **env}, check=True,
+                         preexec_fn=on_cpu(CPUS[1]) if PINNED else None).stdout
     if "Non-2xx" in out:
         raise RuntimeError("wrk saw error responses:\n" + out)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -54,13 +68,14 @@ def prime_replay(port: int) -> None:
 
 
 def main() -> None:
-    args = parse_args(__doc__, rounds=3, duration=5.0, clients=[16])
+    args = parse_args(__doc__, rounds=5, duration=4.0, clients=[16])
     clients = args.clients[0]
     port = free_port()
     with tempfile.TemporaryDirectory() as data_dir, Server(
             [os.path.join(BIN, "gunicorn"), "-k", "gthread", "-w", "1", "--threads", "8",
              "-b", f"127.0.0.1:{port}", "--chdir", APPS, "http_app:app"],
-            port, env={"BENCH_DIR": data_dir, "PYTHONPATH": ROOT}):
+            port, env={"BENCH_DIR": data_dir, "PYTHONPATH": ROOT},
+            cpu=CPUS[0] if PINNED else None):
         prime_replay(port)
         results: dict[str, list[tuple[float, float, float]]] = {s: [] for s in SCENARIOS}
         for _ in range(args.rounds):
@@ -73,14 +88,17 @@ def report(results: dict, args) -> None:
     medians = {name: tuple(median([r[i] for r in runs]) for i in range(3))
                for name, runs in results.items()}
     rows = [(name, rps, p50, p99) for name, (rps, p50, p99) in medians.items()]
-    print(f"HTTP: gunicorn gthread 1x8, wrk -t2 -c{args.clients[0]} -d{args.duration:g}s, "
-          f"medians of {args.rounds} interleaved rounds")
+    placement = (f"server on CPU {CPUS[0]}, wrk -t1 on CPU {CPUS[1]}" if PINNED
+                 else "server and wrk -t2 share the CPU")
+    print(f"HTTP: gunicorn gthread 1x8, wrk -c{args.clients[0]} -d{args.duration:g}s, "
+          f"{placement}; medians of {args.rounds} interleaved rounds")
     print(table(["scenario", "req/s", "p50 ms", "p99 ms"], rows))
-    a, b, c, d = medians.values()
+    a, b, c, d, e = medians.values()
     print()
     print(table(["ratio", "req/s", "p99", "target"], [
         ("(c) / (b)", c[0] / b[0], c[2] / b[2], "req/s >= 0.90, p99 <= 1.5"),
         ("(d) / (a)", d[0] / a[0], d[2] / a[2], "req/s >= 0.90, p99 <= 1.5"),
+        ("(d) / (e)", d[0] / e[0], d[2] / e[2], "(reference: same request, no replay)"),
     ]))
 
 

@@ -36,6 +36,12 @@ def plain_get():
     return jsonify(ok=True, service="bench")
 
 
+@app.post("/echo")
+def echo_post():
+    """(e) a plain POST that parses the same JSON body as (d) and touches no database."""
+    return jsonify(ok=True, name=request.get_json()["name"]), 201
+
+
 @app.post("/plain")
 def plain_post():
     """(b) a plain POST doing one insert."""
