@@ -35,6 +35,8 @@ $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
+	@command -v wrk >/dev/null || { echo "== wrk (HTTP load generator) is missing: apt-get install wrk"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk; }
 	@set -e; for script in $(BENCH_SCRIPTS); do \
 		echo "== $$script"; $(BIN)/python $$script; echo; \
 	done
