@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -37,6 +37,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def on_cpu(cpu: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that pins the child process to ``cpu``."""
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 def wait_for_port(port: int, timeout: float = 20.0) -> None:
     """Block until something listens on 127.0.0.1:port."""
     deadline = time.monotonic() + timeout
@@ -54,10 +59,10 @@ class Server:
     def __init__(self, argv: Sequence[str], port: int, env: dict | None = None,
                  cpu: int | None = None) -> None:
         self.port = port
-        pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
         self.process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})},
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        start_new_session=True, preexec_fn=pin)
+                                        start_new_session=True,
+                                        preexec_fn=None if cpu is None else on_cpu(cpu))
         try:
             wait_for_port(port)
         except RuntimeError:

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import urllib.request
 
-from common import BIN, ROOT, Server, free_port, median, parse_args, table
+from common import BIN, ROOT, Server, free_port, median, on_cpu, parse_args, table
 
 APPS = os.path.join(ROOT, "benchmarks", "apps")
 SCENARIOS = {
@@ -34,10 +34,6 @@ CPUS = sorted(os.sched_getaffinity(0))
 PINNED = len(CPUS) >= 2
 """Server on CPUS[0], wrk on CPUS[1]; on one CPU both share it (wrk with two threads)."""
 
-
-def on_cpu(cpu: int):
-    """A ``preexec_fn`` that pins the child process to ``cpu``."""
-    return lambda: os.sched_setaffinity(0, {cpu})
 
 
 def wrk(port: int, path: str, script: str | None, env: dict, clients: int,
