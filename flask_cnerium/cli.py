@@ -19,7 +19,7 @@ from flask.cli import with_appcontext
 
 from .config import Settings
 from .errors import StoreError
-from .store import COMPLETED, IN_PROGRESS, TABLE, Store, redact_url
+from .store import IN_PROGRESS, TABLE, Store, redact_url
 
 log = logging.getLogger("flask_cnerium")
 
@@ -122,12 +122,12 @@ def _store_errors() -> Iterator[None]:
 
 def _describe(store: Store) -> str:
     """Where the store lives, without any password."""
+    if not store.shared:
+        return redact_url(current_app.extensions["cnerium"].settings.database_url)
     database = store.database
     kind = type(database).__name__
     where = f"{kind} {database.database}" if database.database else kind
-    if store.shared:
-        return f"the app's own database ({where})"
-    return redact_url(current_app.extensions["cnerium"].settings.database_url)
+    return f"the app's own database ({where})"
 
 
 # -- purge -----------------------------------------------------------------------------
@@ -155,17 +155,11 @@ def _purge(store: Store, batch_size: int, advance: Callable[[int], object]
 
 def _purge_with_bar(store: Store, batch_size: int) -> tuple[int, int]:
     """:func:`_purge` behind a progress bar sized by a count of the purgeable records."""
-    with _store_errors(), store.connection():
-        total = _purgeable(store).count()
+    with _store_errors():
+        total = store.count_purgeable()
     with click.progressbar(length=total, label="Purging expired records") as bar:
         return _purge(store, batch_size, bar.update)
 
-
-def _purgeable(store: Store) -> peewee.ModelSelect:
-    """The records purge removes: expired, and not claimed by a live handler."""
-    model, now = store.model, time.time()
-    return model.select().where((model.expires_at <= now) & (
-        (model.state == COMPLETED) | (model.lease_expires_at <= now)))
 
 
 # -- stats -----------------------------------------------------------------------------

@@ -17,10 +17,18 @@ from flask import Flask, current_app, has_app_context
 
 from .cli import cnerium_cli
 from .client import register_client
-from .config import DEFAULTS, AppConfig, Settings, default_node_id, realtime_config_keys
+from .config import (
+    DEFAULTS,
+    KEY_COLUMN_LENGTH,
+    AppConfig,
+    Settings,
+    default_node_id,
+    realtime_config_keys,
+)
 from .durable import make_view
 from .errors import StoreError
 from .events import Event, EventPayload, PublishedEvent, RealtimeConfig, check_room
+from .forking import in_forked_children
 from .realtime import capture_events, emit, start_hub
 from .store import Store, open_database, redact_url
 from .websocket import add_endpoint
@@ -38,8 +46,7 @@ class CneriumState:
         self.store: Store | None = None
         self.realtime: Any = None
         self._lock = threading.Lock()
-        after_fork = weakref.WeakMethod(self._after_fork)
-        os.register_at_fork(after_in_child=lambda: after_fork() and after_fork()())
+        in_forked_children(self._after_fork)
 
     def _after_fork(self) -> None:
         """A worker forked after start (gunicorn ``--preload``) gets its own default node id."""
@@ -62,8 +69,9 @@ class CneriumState:
                 store = self._open_store(settings)
                 store.create_tables()
             except StoreError as exc:
-                where = "(shared database)" if self.database else settings.database_url
-                log.error("Cnerium could not open its store %s: %s", redact_url(where), exc)
+                where = "(shared database)" if self.database else \
+                    redact_url(settings.database_url)
+                log.error("Cnerium could not open its store %s: %s", where, exc)
                 return False
             try:
                 self.realtime = start_hub(settings, store.database)
@@ -201,7 +209,7 @@ class Cnerium:
         if scope is None:
             return ""
         scope = str(scope)
-        if len(scope) > 255:  # the column's size; a digest keeps long scopes apart
+        if len(scope) > KEY_COLUMN_LENGTH:  # a digest keeps long scopes apart
             scope = "sha256:" + hashlib.sha256(scope.encode()).hexdigest()
         return scope
 

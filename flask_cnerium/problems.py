@@ -16,13 +16,11 @@ def problem_type(slug: str) -> str:
     return slug if slug == "about:blank" else PROBLEM_BASE_URI + slug
 
 
-def problem_body(status: int, detail: str, type: str = "about:blank", title: str | None = None,
-                 **extra: object) -> dict:
+def problem_body(status: int, detail: str, type: str = "about:blank",
+                 title: str | None = None) -> dict:
     """The problem document as a dict; ``title`` defaults to the status phrase."""
-    body = {"type": type, "title": title or HTTPStatus(status).phrase,
-            "status": status, "detail": detail}
-    body.update(extra)
-    return body
+    return {"type": type, "title": title or HTTPStatus(status).phrase, "status": status,
+            "detail": detail}
 
 
 def problem_response(status: int, detail: str, type: str = "about:blank",

@@ -6,9 +6,7 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import secrets
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,6 +17,7 @@ from flask import Flask, current_app, g, has_app_context
 from . import signals
 from .brokers import create_broker
 from .events import Event, EventPayload, PublishedEvent
+from .forking import in_forked_children
 from .websocket import Fanout
 
 if TYPE_CHECKING:
@@ -50,8 +49,7 @@ class RealtimeHub:
                                     database=database)
         self._node = json.dumps(settings.node_id)
         self._new_ids()
-        new_ids = weakref.WeakMethod(self._new_ids)
-        os.register_at_fork(after_in_child=lambda: new_ids() and new_ids()())
+        in_forked_children(self._new_ids)
 
     def use_settings(self, settings: Settings) -> None:
         """Adopt new settings (a forked worker's own node id)."""

@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +24,9 @@ import peewee
 from playhouse import db_url
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
+from .config import KEY_COLUMN_LENGTH
 from .errors import StoreError
+from .forking import in_forked_children
 
 log = logging.getLogger("flask_cnerium")
 
@@ -40,8 +41,8 @@ BUSY_TIMEOUT = 5.0
 class IdempotencyRecord(peewee.Model):
     """One idempotency key: its claim while the handler runs, then the stored response."""
 
-    scope = peewee.CharField(max_length=255, default="")
-    key = peewee.CharField(max_length=255, column_name="idempotency_key")
+    scope = peewee.CharField(max_length=KEY_COLUMN_LENGTH, default="")
+    key = peewee.CharField(max_length=KEY_COLUMN_LENGTH, column_name="idempotency_key")
     operation = peewee.CharField(max_length=255)
     fingerprint = peewee.CharField(max_length=64)
     raw_fingerprint = peewee.CharField(max_length=64)
@@ -281,6 +282,7 @@ class _LeaseKeeper:
         self._claims: set[Claim] = set()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     def add(self, claim: Claim) -> None:
         with self._cond:
@@ -295,13 +297,20 @@ class _LeaseKeeper:
         with self._cond:
             self._claims.discard(claim)
 
+    def stop(self) -> None:
+        """End the renewing thread (the store is closing)."""
+        with self._cond:
+            self._stopped.set()
+            self._cond.notify()
+
     def _run(self) -> None:
         interval = max(self._store.lock_timeout / 3, 0.05)
         while True:
             with self._cond:
-                while not self._claims:
+                while not self._claims and not self._stopped.is_set():
                     self._cond.wait()
-            time.sleep(interval)
+            if self._stopped.wait(interval):
+                return
             with self._cond:
                 claims = list(self._claims)
             for claim in claims:
@@ -348,8 +357,7 @@ class Store:
         self._cache = _ResponseCache()
         self._sql = self._prepare_sql(database.param)
         self._make_process_state()
-        after_fork = weakref.WeakMethod(self._after_fork)
-        os.register_at_fork(after_in_child=lambda: after_fork() and after_fork()())
+        in_forked_children(self._after_fork)
         # Behind the writer lock nobody else can insert: write the record once, completed.
         self._claims_deferred = shared and self.is_sqlite
 
@@ -381,6 +389,8 @@ class Store:
     @staticmethod
     def _prepare_sql(p: str) -> dict[str, str]:
         t = TABLE
+        # expired, and not claimed by a handler whose lease still runs
+        purgeable = f"expires_at <= {p} AND (state = '{COMPLETED}' OR lease_expires_at <= {p})"
         return {
             "select": f"SELECT {_COLUMNS} FROM {t} WHERE scope = {p} AND idempotency_key = {p}",
             "insert": f"INSERT INTO {t} (scope, idempotency_key, operation, fingerprint, "
@@ -405,8 +415,9 @@ class Store:
                        f"AND state = '{IN_PROGRESS}'",
             "renew": f"UPDATE {t} SET lease_expires_at = {p} "
                      f"WHERE id = {p} AND owner = {p} AND state = '{IN_PROGRESS}'",
-            "purge": f"DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE expires_at <= {p} "
-                     f"AND (state = '{COMPLETED}' OR lease_expires_at <= {p}) LIMIT {p})",
+            "purge": f"DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE {purgeable} "
+                     f"LIMIT {p})",
+            "count_purgeable": f"SELECT COUNT(*) FROM {t} WHERE {purgeable}",
         }
 
     # -- setup ---------------------------------------------------------------------------
@@ -420,7 +431,9 @@ class Store:
             self.database.create_tables([self.model], safe=True)
 
     def close(self) -> None:
-        """Close this store's pooled connections (a shared database is left to the app)."""
+        """Stop renewing leases and close this store's pooled connections (a shared database
+        is left to the app)."""
+        self._leases.stop()
         if not self.shared and hasattr(self.database, "close_all"):
             self.database.close_all()
 
@@ -525,6 +538,9 @@ class Store:
     def _execute_shared(self, scope, key, operation, fingerprint, handler, on_commit):
         wait = self.in_flight_wait or BUSY_TIMEOUT
         _ = fingerprint.canonical  # hashed before the lock: the less work under it the better
+        if not self.is_sqlite:  # row locks order PostgreSQL's writers: no lock of ours to wait on
+            return self._execute_in_transaction(scope, key, operation, fingerprint, handler,
+                                                on_commit, wait)
         with self._counting(scope, key):
             if not self._lock.acquire(wait):
                 if self._running[(scope, key)] > 1:
@@ -662,6 +678,12 @@ class Store:
             if removed < batch_size:
                 return
             time.sleep(pause)
+
+    def count_purgeable(self) -> int:
+        """How many records :meth:`purge` would remove now."""
+        now = time.time()
+        with self._guard(), self._connected():
+            return self.database.execute_sql(self._sql["count_purgeable"], (now, now)).fetchone()[0]
 
     def get(self, scope: str, key: str) -> Record | None:
         """The stored record for ``(scope, key)``, expired or not."""

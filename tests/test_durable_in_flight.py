@@ -178,3 +178,14 @@ def test_fenced_lease_a_taken_over_handler_cannot_touch_its_successors_record(
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert replay.data == second.data
     assert gate.calls == 2
+
+
+def test_stopping_cnerium_ends_the_lease_renewing_thread(app):
+    """The thread that renews running handlers' leases ends with the store (no thread, store
+    and connection pool left behind by each stop and start)."""
+    assert post(app.test_client(), ORDER).status_code == 201  # a claim starts the thread
+    thread = app.extensions["cnerium"].store._leases._thread
+    assert thread is not None and thread.is_alive()
+    app.extensions["cnerium"].stop()
+    thread.join(5)
+    assert not thread.is_alive()

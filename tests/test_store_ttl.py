@@ -83,13 +83,16 @@ def test_purge_removes_only_expired_records_in_batches(make_app, backend):
           "lease_expires_at = %s WHERE idempotency_key = 'k4'", (time.time() + 60,))
 
     store = app.extensions["cnerium"].store
+    assert store.count_purgeable() == 4  # what the CLI's progress bar counts
     assert list(store.purge(batch_size=2, pause=0)) == [2, 2]
     assert sorted(r.key for r in records(app)) == ["k4", "k5", "k6"]
 
     query(backend.records_url, f"UPDATE {RECORDS} SET lease_expires_at = %s "
           "WHERE idempotency_key = 'k4'", (past,))
+    assert store.count_purgeable() == 1
     assert list(store.purge(batch_size=2, pause=0)) == [1]
     assert sorted(r.key for r in records(app)) == ["k5", "k6"]
+    assert store.count_purgeable() == 0
     assert list(store.purge()) == []
 
 

@@ -13,13 +13,12 @@ later version (rooms never contain spaces), and readers ignore what they do not 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CneriumError
+from ..forking import in_forked_children
 
 if TYPE_CHECKING:
     import peewee
@@ -62,7 +61,6 @@ class Broker:
 
     def __init__(self, url: str, deliver: Deliver, *, settings: Settings | None = None,
                  database: peewee.Database | None = None) -> None:
-        self.url = url
         self.deliver = deliver
         self.name = settings.name if settings is not None else "cnerium"
         """The service name (``CNERIUM_NAME``) that namespaces the broker's channel."""
@@ -97,7 +95,7 @@ class ListeningBroker(Broker):
         self._ready = threading.Event()
         self._delay = BACKOFF_MIN
         self._outage = False
-        self._fork_hook = False
+        in_forked_children(self._after_fork)
 
     def start(self) -> None:
         """Start the listener and wait (a little) until it is subscribed."""
@@ -115,9 +113,6 @@ class ListeningBroker(Broker):
             self._thread = threading.Thread(target=self._run, daemon=True,
                                             name=f"cnerium-broker-{self.kind}")
             self._thread.start()
-            if not self._fork_hook:
-                _restart_after_fork(self)
-                self._fork_hook = True
             return True
 
     def stop(self) -> None:
@@ -130,11 +125,6 @@ class ListeningBroker(Broker):
         self._interrupt()
         thread.join(START_WAIT)
         self._ready.clear()
-
-    @property
-    def listening(self) -> bool:
-        """Whether the listener is subscribed right now."""
-        return self._ready.is_set()
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -181,7 +171,10 @@ class ListeningBroker(Broker):
         raise NotImplementedError
 
     def _after_fork(self) -> None:
-        """In a forked child: forget the parent's thread and connections, listen anew."""
+        """In a forked child of a started broker (gunicorn ``--preload``): forget the parent's
+        thread and connections, listen anew."""
+        if self._thread is None:
+            return
         self._thread_lock = threading.Lock()
         self._stopping, self._ready = threading.Event(), threading.Event()
         self._delay, self._outage = BACKOFF_MIN, False
@@ -192,14 +185,3 @@ class ListeningBroker(Broker):
     def _forget_connections(self) -> None:
         """Drop (never close: the parent still uses them) connections made before a fork."""
 
-
-def _restart_after_fork(broker: ListeningBroker) -> None:
-    """Listen again in a child forked while ``broker`` was started (gunicorn ``--preload``)."""
-    ref = weakref.ref(broker)
-
-    def after_in_child() -> None:
-        live = ref()
-        if live is not None and live._thread is not None:
-            live._after_fork()
-
-    os.register_at_fork(after_in_child=after_in_child)

@@ -55,7 +55,6 @@ def import_psycopg2() -> Any:
     """The ``psycopg2`` package, or an error that says how to install it."""
     try:
         import psycopg2
-        import psycopg2.errors
     except ImportError as exc:
         raise ImportError("CNERIUM_REALTIME_BROKER = 'postgresql' needs psycopg2: "
                           "pip install 'flask-cnerium[postgres]'.") from exc
