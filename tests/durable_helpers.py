@@ -114,6 +114,8 @@ class Background:
     def __init__(self, call: Callable[[], Any]) -> None:
         self._value: Any = None
         self._error: BaseException | None = None
+        self.finished_at: float | None = None
+        """``time.monotonic()`` when the call returned or raised."""
         self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
         self._thread.start()
 
@@ -122,6 +124,12 @@ class Background:
             self._value = call()
         except BaseException as exc:
             self._error = exc
+        finally:
+            self.finished_at = time.monotonic()
+
+    def done(self) -> bool:
+        """Whether the call has returned (or raised)."""
+        return not self._thread.is_alive()
 
     def result(self, timeout: float = 60) -> Any:
         self._thread.join(timeout)

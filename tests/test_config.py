@@ -123,6 +123,21 @@ def test_app_config_presets_and_chaining():
     assert production.set_database("sqlite:////tmp/x.db") is production
 
 
+def test_app_config_set_database_chooses_the_store(tmp_path):
+    url = f"sqlite:///{tmp_path}/elsewhere/store.db"
+    app = Flask("shop")
+    Cnerium(app, AppConfig().set_name("shop").set_data_dir(str(tmp_path / "data"))
+            .set_database(url))
+    assert app.config["CNERIUM_DATABASE"] == url
+    assert Settings.from_app(app).database_url == url
+    assert app.extensions["cnerium"].start(app)
+    try:
+        assert (tmp_path / "elsewhere" / "store.db").exists()
+        assert not (tmp_path / "data" / "cnerium.db").exists()
+    finally:
+        app.extensions["cnerium"].stop()
+
+
 def test_app_config_realtime(tmp_path):
     app = Flask("shop")
     Cnerium().init_app(app, AppConfig().enable_realtime("/events", "shop.example", 8443))

@@ -97,12 +97,13 @@ def test_with_in_flight_wait_the_twin_waits_and_gets_the_replay(make_app, backen
     assert gate.entered.wait(30)
     twin = Background(lambda: gated_post(client))
     time.sleep(0.3)  # let the twin reach its wait; it must not answer before the release
+    assert not twin.done(), "the twin answered while the first run was still running"
     released_at = time.monotonic()
     gate.release.set()
 
     original = first.result()
     replay = twin.result()
-    assert time.monotonic() >= released_at
+    assert twin.finished_at >= released_at
     assert original.status_code == replay.status_code == 201
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert replay.data == original.data

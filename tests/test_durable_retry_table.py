@@ -18,6 +18,15 @@ FALSY = {
     "empty-string": lambda: "",
     "durable-false": lambda: DurableResponse.ok(False),
 }
+FALSY_ANSWERS = {  # status, body, Content-Type of each FALSY route's response
+    "empty-204-tuple": (204, b"", "text/html; charset=utf-8"),
+    "durable-204": (204, b"", "text/html; charset=utf-8"),
+    "empty-dict": (200, b"{}\n", "application/json"),
+    "durable-empty-dict": (200, b"{}\n", "application/json"),
+    "durable-zero": (200, b"0\n", "application/json"),
+    "empty-string": (200, b"", "text/html; charset=utf-8"),
+    "durable-false": (200, b"false\n", "application/json"),
+}
 
 HELPERS = {
     "bad_request": (DurableResponse.bad_request, 400),
@@ -177,11 +186,12 @@ def test_mismatch_status_422(make_app):
 def test_empty_and_falsy_responses_are_stored_and_replayed(routes_app, name):
     client = routes_app.test_client()
     first = post(client, path=f"/r/{name}")
-    assert first.status_code in (200, 204)
+    assert (first.status_code, first.data, first.headers.get("Content-Type")) == \
+        FALSY_ANSWERS[name]
     again = post(client, path=f"/r/{name}")
-    assert again.status_code == first.status_code
+    assert (again.status_code, again.data, again.headers.get("Content-Type")) == \
+        FALSY_ANSWERS[name]
     assert again.headers["Idempotent-Replayed"] == "true"
-    assert again.data == first.data
     assert orders(routes_app) == 1
     assert records(routes_app)[0].state == "completed"
 
@@ -206,6 +216,9 @@ def test_handler_5xx_response_is_stored_and_replayed(routes_app):
     first = post(client, path="/r/server-error")
     again = post(client, path="/r/server-error")
     assert first.status_code == again.status_code == 503
+    assert first.mimetype == again.mimetype == "application/problem+json"
+    assert first.get_json(force=True)["detail"] == "try later"
+    assert again.data == first.data
     assert again.headers["Idempotent-Replayed"] == "true"
     assert orders(routes_app) == 1
 
