@@ -40,6 +40,9 @@ def test_init_app_sets_every_key_with_its_default():
         assert key in app.config and app.config[key] == value, key
     for key in COMPUTED:
         assert key in app.config, key
+    # no key beyond the documented ones
+    assert {k for k in app.config if k.startswith("CNERIUM_")} == \
+        set(LITERAL_DEFAULTS) | set(COMPUTED)
 
 
 def test_computed_defaults_resolve_as_documented():
