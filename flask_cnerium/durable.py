@@ -26,7 +26,7 @@ from .errors import (
     StreamedResponseError,
 )
 from .problems import PROBLEM_MEDIA_TYPE, problem_body, problem_json
-from .realtime import holding_events
+from .realtime import HeldEvents
 from .store import Fingerprint, Outcome, StoredResponse, Verdict
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ def parse_key(value: str | None, max_length: int) -> str:
     if len(key) > max_length:
         raise IdempotencyKeyInvalid(f"The idempotency key is longer than {max_length} "
                                     "characters.")
-    if not all("!" <= c <= "~" for c in key):
+    if not (key.isascii() and key.isprintable()) or " " in key:  # "!" to "~" only
         raise IdempotencyKeyInvalid("The idempotency key must be visible ASCII characters "
                                     "(no spaces or control characters).")
     return key
@@ -205,12 +205,15 @@ def fingerprint(operation: str, req: Request) -> Fingerprint:
         head + canonical_body(media_type, body)).hexdigest())
 
 
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+"""Made once: ``json.dumps`` with these options builds a new encoder on every call."""
+
+
 def canonical_body(media_type: str, body: bytes) -> bytes:
     """JSON as sorted compact JSON, forms as sorted fields, anything else as its bytes."""
     try:
         if media_type == "application/json" or media_type.endswith("+json"):
-            return json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"),
-                              ensure_ascii=False).encode()
+            return _CANONICAL_JSON.encode(json.loads(body)).encode()
         if media_type == "application/x-www-form-urlencoded":
             return urlencode(sorted(parse_qsl(body.decode(), keep_blank_values=True))).encode()
     except ValueError:
@@ -273,7 +276,7 @@ def _handle(app, state, cnerium, operation, handler, view_args) -> Response:
 
     def run() -> StoredResponse:
         durable_request = DurableRequest(flask_request, key, operation, view_args)
-        with holding_events(held):
+        with HeldEvents(app, held):
             made.append(to_response(handler(durable_request, **view_args)))
         return to_stored(made[0])
 

@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -211,24 +210,25 @@ class WriterLock:
 
     def acquire(self, timeout: float) -> bool:
         """Take the lock within ``timeout`` seconds; ``False`` when it stays held."""
-        deadline = time.monotonic() + timeout
         if not self._thread_lock.acquire(timeout=max(timeout, 0.0)):
             return False
-        if self._path is None or self._take_flock(deadline):
+        if self._path is None or self._take_flock(timeout):
             return True
         self._thread_lock.release()
         return False
 
-    def _take_flock(self, deadline: float) -> bool:
+    def _take_flock(self, timeout: float) -> bool:
         if self._fd is None:
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        pause = 0.0005
+        deadline = pause = None
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return True
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if deadline is None:  # another process holds it: only now start the clock
+                    deadline, pause = time.monotonic() + timeout, 0.0005
+                elif time.monotonic() >= deadline:
                     return False
                 time.sleep(pause)
                 pause = min(pause * 2, 0.01)
@@ -366,7 +366,7 @@ class Store:
         self.model = bind_model(self.database)
         self._lock = WriterLock(self._lock_path()) if self.is_sqlite else NoWriterLock()
         self._leases = _LeaseKeeper(self)
-        self._running: Counter[tuple[str, str]] = Counter()
+        self._running: dict[tuple[str, str], int] = {}
         self._running_lock = threading.Lock()
 
     def _after_fork(self) -> None:
@@ -448,13 +448,18 @@ class Store:
         when the handler raised). Raises :class:`StoreError` when the store cannot be used,
         before the handler runs.
         """
-        with self._connected():
-            outcome = self._answer_from_store(scope, key, fingerprint)
-            if outcome is not None and (outcome.verdict is not Verdict.IN_PROGRESS
-                                        or not self.in_flight_wait):
-                return outcome
-            run = self._execute_shared if self.shared else self._execute_separate
-            return run(scope, key, operation, fingerprint, handler, on_commit)
+        if self.shared:  # the app's database: the app manages (or autoconnects) its connections
+            return self._execute(scope, key, operation, fingerprint, handler, on_commit)
+        with self.connection():
+            return self._execute(scope, key, operation, fingerprint, handler, on_commit)
+
+    def _execute(self, scope, key, operation, fingerprint, handler, on_commit) -> Outcome:
+        outcome = self._answer_from_store(scope, key, fingerprint)
+        if outcome is not None and (outcome.verdict is not Verdict.IN_PROGRESS
+                                    or not self.in_flight_wait):
+            return outcome
+        run = self._execute_shared if self.shared else self._execute_separate
+        return run(scope, key, operation, fingerprint, handler, on_commit)
 
     def _answer_from_store(self, scope: str, key: str, fingerprint: Fingerprint
                            ) -> Outcome | None:
@@ -541,9 +546,14 @@ class Store:
         if not self.is_sqlite:  # row locks order PostgreSQL's writers: no lock of ours to wait on
             return self._execute_in_transaction(scope, key, operation, fingerprint, handler,
                                                 on_commit, wait)
-        with self._counting(scope, key):
+        # Count this process's requests per key, so a lock wait can tell a twin from load.
+        # (Inline rather than a context manager: it runs on every first execution.)
+        running, slot = self._running, (scope, key)
+        with self._running_lock:
+            running[slot] = running.get(slot, 0) + 1
+        try:
             if not self._lock.acquire(wait):
-                if self._running[(scope, key)] > 1:
+                if running[slot] > 1:
                     return Outcome(Verdict.IN_PROGRESS)
                 raise StoreError("The database stayed locked for %.1f s." % wait)
             try:
@@ -551,19 +561,12 @@ class Store:
                                                     handler, on_commit, wait)
             finally:
                 self._lock.release()
-
-    @contextmanager
-    def _counting(self, scope: str, key: str) -> Iterator[None]:
-        """Count this process's requests per key, so a lock wait can tell a twin from load."""
-        with self._running_lock:
-            self._running[(scope, key)] += 1
-        try:
-            yield
         finally:
             with self._running_lock:
-                self._running[(scope, key)] -= 1
-                if not self._running[(scope, key)]:
-                    del self._running[(scope, key)]
+                if running[slot] == 1:
+                    del running[slot]
+                else:
+                    running[slot] -= 1
 
     def _execute_in_transaction(self, scope, key, operation, fingerprint, handler, on_commit,
                                 wait):
@@ -666,18 +669,37 @@ class Store:
         """Delete expired records in batches; yields how many each batch removed.
 
         Each batch is its own short transaction, and the writer lock is let go between
-        batches, so concurrent requests are never held up for long.
+        batches, so concurrent requests are never held up for long. On SQLite each batch's
+        pages are checkpointed after the lock is let go: left to SQLite's automatic
+        checkpoint, that copy and its ``fsync`` would run inside the batch's commit, with
+        every writer waiting (``docs/performance.md``).
         """
         while True:
             now = time.time()
-            with self._guard(), self._connected(), self._write():
-                removed = self.database.execute_sql(self._sql["purge"],
-                                                    (now, now, batch_size)).rowcount
+            with self._guard(), self._connected():
+                with self._checkpoints_deferred(), self._write():
+                    removed = self.database.execute_sql(self._sql["purge"],
+                                                        (now, now, batch_size)).rowcount
+                if self.is_sqlite:  # PASSIVE: never waits for, nor blocks, other writers
+                    self.database.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
             if removed:
                 yield removed
             if removed < batch_size:
                 return
             time.sleep(pause)
+
+    @contextmanager
+    def _checkpoints_deferred(self) -> Iterator[None]:
+        """No automatic WAL checkpoint on this connection's commits while the block runs."""
+        if not self.is_sqlite:
+            yield
+            return
+        pages = self.database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0]
+        self.database.execute_sql("PRAGMA wal_autocheckpoint = 0")
+        try:
+            yield
+        finally:
+            self.database.execute_sql("PRAGMA wal_autocheckpoint = %d" % pages)
 
     def count_purgeable(self) -> int:
         """How many records :meth:`purge` would remove now."""

@@ -96,6 +96,48 @@ def test_purge_removes_only_expired_records_in_batches(make_app, backend):
     assert list(store.purge()) == []
 
 
+@pytest.mark.parametrize("backend", ["sqlite-separate", "sqlite-shared"], indirect=True)
+def test_purge_checkpoints_sqlite_outside_its_batches(make_app, backend):
+    """A batch's commit must not run SQLite's automatic checkpoint (its copy and fsync would
+    hold every writer up); purge checkpoints after letting the lock go, and leaves the
+    connection's own setting as it found it."""
+    app = make_app(**backend.app_kwargs())
+    client = app.test_client()
+    for i in range(5):
+        assert post(client, ORDER, key=f"k{i}").status_code == 201
+    query(backend.records_url, f"UPDATE {RECORDS} SET expires_at = %s", (time.time() - 1,))
+    store = app.extensions["cnerium"].store
+    seen_in_batches = []
+    checkpoints = []
+    release = store._lock.release
+
+    def release_and_look() -> None:  # still inside the batch's connection, just committed
+        pages = store.database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0]
+        seen_in_batches.append(pages)
+        release()
+
+    execute_sql = store.database.execute_sql
+
+    def watching_execute_sql(sql, *args, **kwargs):
+        if sql.startswith("PRAGMA wal_checkpoint"):
+            checkpoints.append(store._lock._thread_lock.locked())
+        return execute_sql(sql, *args, **kwargs)
+
+    with store.connection():
+        store.database.execute_sql("PRAGMA wal_autocheckpoint = 123")
+        store._lock.release = release_and_look
+        store.database.execute_sql = watching_execute_sql
+        try:
+            assert list(store.purge(batch_size=2, pause=0)) == [2, 2, 1]
+        finally:
+            store._lock.release = release
+            store.database.execute_sql = execute_sql
+        assert store.database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 123
+    assert seen_in_batches == [0, 0, 0]
+    assert checkpoints == [False, False, False]  # one per batch, none under the writer lock
+    assert records(app) == []
+
+
 def test_a_running_claim_is_not_expired_by_the_ttl(make_app):
     """The TTL retains stored responses; a live claim lasts as long as its lease."""
     app = make_app(config={"CNERIUM_KEY_TTL": 0.3})
