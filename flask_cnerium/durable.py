@@ -297,19 +297,24 @@ def _store_unavailable(exc: StoreError) -> StoreUnavailable:
 
 def _answer(app, settings, operation: str, scope: str, key: str, outcome: Outcome,
             made: list[Response]) -> Response:
+    # Signals are sent only when something listens: most apps connect none, and building
+    # their arguments on every replay costs more than the replay's own lookup.
     verdict = outcome.verdict
-    details = {"operation": operation, "key": key, "scope": scope}
+    if verdict is Verdict.REPLAYED:
+        if signals.durable_replayed.receivers:
+            signals.durable_replayed.send(app, operation=operation, key=key, scope=scope,
+                                          status=outcome.response.status)
+        return replay(outcome.response)
+    if verdict is Verdict.EXECUTED:
+        if signals.durable_executed.receivers:
+            signals.durable_executed.send(app, operation=operation, key=key, scope=scope,
+                                          status=outcome.response.status)
+        return made[0]
+    signals.durable_conflict.send(app, operation=operation, key=key, scope=scope,
+                                  reason=verdict.value)
     if verdict is Verdict.MISMATCH:
-        signals.durable_conflict.send(app, reason=verdict.value, **details)
         raise IdempotencyKeyReused(
             "This idempotency key was already used with another request (body, operation or "
             "path). Use a new key for a new request.", status=settings.mismatch_status)
-    if verdict is Verdict.IN_PROGRESS:
-        signals.durable_conflict.send(app, reason=verdict.value, **details)
-        raise RequestInProgress("A request with this idempotency key is still being handled; "
-                                "retry after it completes.", retry_after=RETRY_AFTER)
-    if verdict is Verdict.EXECUTED:
-        signals.durable_executed.send(app, status=outcome.response.status, **details)
-        return made[0]
-    signals.durable_replayed.send(app, status=outcome.response.status, **details)
-    return replay(outcome.response)
+    raise RequestInProgress("A request with this idempotency key is still being handled; "
+                            "retry after it completes.", retry_after=RETRY_AFTER)
