@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from flask import Flask
 
@@ -63,6 +64,12 @@ class Settings:
     max_rooms: int
     max_frame: int
     history: int
+
+    @cached_property
+    def idempotency_environ_key(self) -> str:
+        """The WSGI environ name of the idempotency header, e.g. ``HTTP_IDEMPOTENCY_KEY``:
+        read directly on every durable request, without building ``request.headers``."""
+        return "HTTP_" + self.idempotency_header.upper().replace("-", "_")
 
     @classmethod
     def from_app(cls, app: Flask) -> Settings:

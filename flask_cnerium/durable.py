@@ -268,7 +268,7 @@ def _handle(app, state, cnerium, operation, handler, view_args) -> Response:
     except StoreError as exc:
         raise _store_unavailable(exc) from None
     flask_request = request._get_current_object()
-    key = parse_key(flask_request.headers.get(settings.idempotency_header),
+    key = parse_key(flask_request.environ.get(settings.idempotency_environ_key),
                     settings.key_max_length)
     scope = cnerium.current_scope()
     held: list = []

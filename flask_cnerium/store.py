@@ -448,35 +448,35 @@ class Store:
         when the handler raised). Raises :class:`StoreError` when the store cannot be used,
         before the handler runs.
         """
+        cached = self._cache.get(scope, key, time.time())
+        if cached is not None:  # completed and unexpired: answered without a connection
+            if fingerprint.matches(cached):
+                return Outcome(Verdict.REPLAYED, cached.response)
+            return Outcome(Verdict.MISMATCH)
         if self.shared:  # the app's database: the app manages (or autoconnects) its connections
             return self._execute(scope, key, operation, fingerprint, handler, on_commit)
         with self.connection():
             return self._execute(scope, key, operation, fingerprint, handler, on_commit)
 
     def _execute(self, scope, key, operation, fingerprint, handler, on_commit) -> Outcome:
-        outcome = self._answer_from_store(scope, key, fingerprint)
-        if outcome is not None and (outcome.verdict is not Verdict.IN_PROGRESS
-                                    or not self.in_flight_wait):
-            return outcome
+        # On a shared SQLite database the lock-free read is skipped: it is repeated inside
+        # the write transaction anyway, and one fewer statement per first execution is
+        # measurably faster there (``docs/performance.md``).
+        if not self._claims_deferred:
+            outcome = self._answer_from_store(scope, key, fingerprint)
+            if outcome is not None and (outcome.verdict is not Verdict.IN_PROGRESS
+                                        or not self.in_flight_wait):
+                return outcome
         run = self._execute_shared if self.shared else self._execute_separate
         return run(scope, key, operation, fingerprint, handler, on_commit)
 
     def _answer_from_store(self, scope: str, key: str, fingerprint: Fingerprint
                            ) -> Outcome | None:
-        """The lock-free read: a cached or stored completed record answers most retries.
-
-        On a shared SQLite database only the cache is asked: the read is repeated inside the
-        write transaction anyway, and one fewer statement per first execution is measurably
-        faster there (``docs/performance.md``).
-        """
-        now = time.time()
-        record = self._cache.get(scope, key, now)
-        cached = record is not None
-        if not cached and not self._claims_deferred:
-            with self._guard():
-                record = self._select(scope, key)
-        verdict = judge(record, fingerprint, now)
-        if verdict is Verdict.REPLAYED and not cached:
+        """The lock-free read: a stored record answers most retries the cache missed."""
+        with self._guard():
+            record = self._select(scope, key)
+        verdict = judge(record, fingerprint, time.time())
+        if verdict is Verdict.REPLAYED:
             self._cache.put(scope, key, record)
         return None if verdict is None else Outcome(verdict, record.response)
 

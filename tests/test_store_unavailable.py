@@ -94,6 +94,10 @@ def test_store_lost_after_start_is_503_and_the_handler_does_not_run(make_app, pg
     for _ in range(3):  # a dead pooled connection first, then no connection at all
         assert_503(post(client, ORDER, key="after"))
     assert orders(app) == 1
+    # A completed record never changes until it expires: the process cache still answers it.
+    replay = post(client, ORDER, key="before")
+    assert replay.status_code == 201
+    assert replay.headers["Idempotent-Replayed"] == "true"
 
 
 @pytest.mark.parametrize("mode", ["separate", "shared"])
