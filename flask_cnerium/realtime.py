@@ -37,7 +37,7 @@ class HeldEvents:
     """Hold the events ``app``'s durable handler emits in ``held`` until its record commits.
 
     A context variable rather than ``flask.g``: it is set and reset on every durable request,
-    and costs a tenth as much (``docs/performance.md``).
+    and setting ``g`` through its proxies cost more (``docs/performance.md``).
     """
 
     __slots__ = ("_hold", "_token")
