@@ -12,10 +12,11 @@ import fcntl
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
@@ -82,6 +83,7 @@ def open_database(url: str) -> peewee.Database:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         except OSError as exc:
             raise StoreError(f"Cannot create the store's directory: {exc}") from exc
+        use_wal(path)
         return PooledSqliteDatabase(
             path, max_connections=64, stale_timeout=300, timeout=BUSY_TIMEOUT,
             check_same_thread=False,  # pooled: a connection serves one thread at a time
@@ -91,6 +93,27 @@ def open_database(url: str) -> peewee.Database:
         return PooledPostgresqlDatabase(max_connections=32, stale_timeout=300,
                                         timeout=BUSY_TIMEOUT, **params)
     raise StoreError(f"Unsupported CNERIUM_DATABASE {url!r}: use sqlite:/// or postgresql://.")
+
+
+def use_wal(path: str, timeout: float = BUSY_TIMEOUT) -> None:
+    """Put the SQLite file at ``path`` in WAL mode, which the file then keeps.
+
+    Processes that open a new file at the same moment (gunicorn workers) race for the switch,
+    and SQLite answers the losers "database is locked" at once, without its busy timeout;
+    once the file is in WAL mode, asking again takes no lock. So the switch is made here, and
+    retried, before any connection of the pool asks for it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with closing(sqlite3.connect(path, timeout=timeout)) as conn:
+                conn.execute("PRAGMA journal_mode = wal")
+            return
+        except sqlite3.Error as exc:
+            busy = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise StoreError(f"Cannot open the SQLite store {path}: {exc}") from exc
+        time.sleep(0.01)
 
 
 def redact_url(url: str) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 
 import pytest
 
+from flask_cnerium.store import open_database
 from tests.conftest import BACKENDS
 from tests.durable_helpers import ORDER, RECORDS, post, query, records
 
@@ -50,3 +53,23 @@ def test_sqlite_store_uses_wal_and_a_busy_timeout(app, client):
     with database.connection_context():
         assert database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert database.execute_sql("PRAGMA busy_timeout").fetchone()[0] >= 1000
+
+
+def test_a_new_sqlite_store_waits_while_another_process_holds_the_file(tmp_path):
+    """Processes opening a new store together race to switch it to WAL, and SQLite answers
+    the loser "database is locked" at once, whatever its busy timeout: the store retries."""
+    path = tmp_path / "cnerium.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE started (a)")  # still in rollback-journal mode
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO started VALUES (1)")
+    finishing = threading.Timer(0.3, other.execute, ("COMMIT",))
+    finishing.start()
+    try:  # opened and used while the other transaction still runs
+        database = open_database(f"sqlite:///{path}")
+        with database.connection_context():
+            assert database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+        database.close_all()
+    finally:
+        finishing.join()
+        other.close()

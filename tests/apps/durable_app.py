@@ -21,6 +21,7 @@ from flask import Flask, current_app
 from playhouse import db_url
 
 from flask_cnerium import Cnerium, DurableRequest, DurableResponse, created
+from flask_cnerium.store import use_wal
 from flask_cnerium.support import int_or, string_or
 
 ORDERS_TABLE = "test_orders"
@@ -41,7 +42,9 @@ class Order(peewee.Model):
 def open_app_database(url: str) -> peewee.Database:
     """The app's own peewee database for a ``sqlite:///path`` or ``postgresql://`` URL."""
     if url.startswith("sqlite:///"):
-        return peewee.SqliteDatabase(url[len("sqlite:///"):], timeout=5,
+        path = url[len("sqlite:///"):]
+        use_wal(path)  # server processes started together race to switch a new file to WAL
+        return peewee.SqliteDatabase(path, timeout=5,
                                      pragmas={"journal_mode": "wal", "synchronous": "normal"})
     return db_url.connect(url)
 
