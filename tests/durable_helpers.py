@@ -149,6 +149,17 @@ def post(client: Any, body: Any = None, key: str | None = "order-123", path: str
     return client.post(path, data=data, headers=sent, content_type=content_type)
 
 
+def assert_stored_or_in_progress(answer: Any, stored_body: bytes) -> None:
+    """A twin's HTTP answer: the stored response's body, or a 409 request-in-progress problem
+    with a Retry-After."""
+    if answer.status == 201:
+        assert answer.body == stored_body
+    else:
+        assert answer.status == 409, (answer.status, answer.body)
+        assert answer.json()["type"].endswith("/request-in-progress")
+        assert answer.headers["retry-after"]
+
+
 def problem_slug(response: Any) -> str:
     """The last path segment of a problem response's ``type`` (after checking its shape)."""
     assert response.mimetype == "application/problem+json", response.data
