@@ -14,10 +14,13 @@ from collections.abc import Callable, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
+TICK = os.sysconf("SC_CLK_TCK")
 
 
-def parse_args(description: str, **defaults: object) -> argparse.Namespace:
-    """The flags every script takes; a script documents which ones it uses in its help."""
+def parse_args(description: str, add_flags: Callable[[argparse.ArgumentParser], None] | None = None,
+               **defaults: object) -> argparse.Namespace:
+    """The flags every script takes (a script documents which ones it uses in its help), and
+    any of its own that ``add_flags`` adds."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--rounds", type=int, default=defaults.get("rounds", 3),
                         help="interleaved rounds; medians are reported (default %(default)s)")
@@ -27,7 +30,16 @@ def parse_args(description: str, **defaults: object) -> argparse.Namespace:
                         help="events per burst, where the script emits events")
     parser.add_argument("--duration", type=float, default=defaults.get("duration", 5.0),
                         help="seconds per measured run (default %(default)s)")
+    if add_flags is not None:
+        add_flags(parser)
     return parser.parse_args()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def free_port() -> int:

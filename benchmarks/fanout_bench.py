@@ -21,13 +21,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from common import ROOT, median, parse_args, table
+from common import ROOT, cpu_seconds, median, parse_args, table
 from wsbench import (
     LABELS,
     SYSTEMS,
     WORKERS,
     Clients,
-    cpu_seconds,
     http,
     percentile,
     stalled_client,

@@ -15,8 +15,8 @@ from __future__ import annotations
 import tempfile
 import time
 
-from common import median, parse_args, table
-from wsbench import LABELS, SYSTEMS, Clients, cpu_seconds, http, rss_bytes, start_server
+from common import cpu_seconds, median, parse_args, table
+from wsbench import LABELS, SYSTEMS, Clients, http, rss_bytes, start_server
 
 SETTLE = 1.0
 """Seconds between the last connection and the second RSS reading."""

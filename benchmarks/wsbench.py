@@ -26,7 +26,6 @@ LABELS = {"cnerium": "flask-cnerium", "naive": "naive flask-sock loop",
           "socketio": "Flask-SocketIO threading"}
 WORKERS = int(os.environ.get("BENCH_CLIENT_PROCS", "2"))
 """Client processes; each reads its share of the clients with one selector thread."""
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def start_server(system: str, threads: int, log_dir: str) -> Server:
@@ -58,13 +57,6 @@ def wait_idle(server: Server, timeout: float = 30.0) -> bool:
             return False
         time.sleep(0.05)
     return True
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def rss_bytes(pid: int) -> int:
