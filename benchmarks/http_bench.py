@@ -17,6 +17,7 @@ Uses --rounds, --clients (wrk connections), --duration; also --threads, --unpinn
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -90,7 +91,8 @@ def prime_replay(port: int) -> None:
         assert response.status == 201, response.status
 
 
-def add_flags(parser) -> None:
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """This script's own flags."""
     parser.add_argument("--threads", type=int, default=8,
                         help="threads of the gunicorn worker (default %(default)s)")
     parser.add_argument("--unpinned", action="store_true",
