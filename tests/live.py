@@ -301,11 +301,6 @@ def swarm(url: str, clients: int, events: int, timeout: float) -> dict[str, list
             "in_order": [s == list(range(len(s))) for s in seqs]}
 
 
-if __name__ == "__main__":
-    url, clients, events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    print(json.dumps(swarm(url, clients, events, timeout=60)), flush=True)
-
-
 def stop_process(proc: subprocess.Popen, timeout: float = 10, group: bool = False) -> None:
     """SIGTERM ``proc`` (its whole process group with ``group``), SIGKILL it after
     ``timeout`` seconds, and wait until it is gone."""
@@ -365,3 +360,8 @@ class PrivateRedis:
         """Stop it and wait until it is gone."""
         if self.proc is not None:
             stop_process(self.proc, timeout=5)
+
+
+if __name__ == "__main__":
+    url, clients, events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    print(json.dumps(swarm(url, clients, events, timeout=60)), flush=True)
